@@ -127,10 +127,11 @@ def tensor_hash(tensors, n: int = 16) -> str:
 # %% ../nbs/00_core.ipynb 19
 def provenance(model: str | None = None, # model spec as given by the user
                params: dict | None = None, # the run's parameters (papermill or CLI)
+               notebook: str | None = None, # the notebook (or script) that made the result
                **extra) -> dict:
     "A JSON-able record of what made a result."
     from multiling import __version__
-    rec = {'model': model, 'params': params or {}, 'multiling_version': __version__, 'commit': git_commit(),
+    rec = {'model': model, 'notebook': notebook, 'params': params or {}, 'multiling_version': __version__, 'commit': git_commit(),
            'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
     rec.update(extra)
     return json.loads(json.dumps(rec, default=str))
@@ -182,13 +183,16 @@ def load_table(path: str | Path):
 def save_figure(fig, # a matplotlib Figure
                 stem: str, # same stem as the table it plots
                 out_dir: str | Path, # folder: the notebook's `fig_dir` parameter
+                prov: dict | None = None, # from `provenance(...)`: recorded in `<stem>.meta.json` for figures/index.md
                 dpi: int = 150) -> list[Path]:
-    "Save `fig` as `<stem>.png` and `<stem>.pdf` atomically; return both paths."
+    "Save `fig` as `<stem>.png` and `<stem>.pdf` atomically, with its provenance beside them; return the two paths."
     paths = []
     for ext in ('png', 'pdf'):
         path = Path(out_dir) / f'{stem}.{ext}'
-        with atomic_path(path) as tmp: fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches='tight')
+        # a fixed creation date keeps the PDF byte-identical across runs
+        with atomic_path(path) as tmp: fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches='tight', metadata={'CreationDate': None} if ext == 'pdf' else None)
         paths.append(path)
+    write_json({**(prov or {}), 'figure': stem, 'files': [p.name for p in paths]}, Path(out_dir) / f'{stem}.meta.json')
     return paths
 
 # %% ../nbs/00_core.ipynb 31
