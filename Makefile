@@ -57,7 +57,8 @@ check-nbdev: install
 	if [ "$$before" != "$$after" ]; then echo "nbdev_export/nbdev_clean changed files: run them and commit"; git status --short nbs multiling; exit 1; fi
 
 test-nbdev: install
-	cd nbs && ../$(BIN)/nbdev_test --n_workers 2 --do_print
+	# library chapters only: the experiment notebooks (2x_) run under papermill in test-notebooks
+	$(BIN)/nbdev_test --n_workers 2 --timing --file_re '^[01][0-9]_.*\.ipynb$$'
 
 test-pytest: install
 	$(BIN)/pytest -q tests

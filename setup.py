@@ -8,7 +8,7 @@ cfg = cfg['DEFAULT']
 
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
-extras = {'dev': dev_requirements, 'ray': ['ray[default]'], 'crosscheck': ['transformer_lens']}
+extras = {'dev': dev_requirements, 'ray': ['ray[default]'], 'crosscheck': ['transformer_lens>=4']}
 console_scripts = [s for s in cfg.get('console_scripts', '').split() if s]
 
 setuptools.setup(

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import hashlib, json, os, random, subprocess, tempfile, datetime
+import hashlib, json, math, os, random, subprocess, tempfile, datetime
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -73,7 +73,8 @@ def check_param(name: str, # parameter name, for the message
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise MultilingError(f"parameter {name!r} must be a number, got {value!r}")
         try: v = kind(value)
-        except (TypeError, ValueError): raise MultilingError(f"parameter {name!r} must be a {kind.__name__}, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError): raise MultilingError(f"parameter {name!r} must be a {kind.__name__}, got {value!r}") from None
+        if not math.isfinite(v): raise MultilingError(f"parameter {name!r} must be a finite number, got {value!r}")
         if kind is int and isinstance(value, float) and value != int(value):
             raise MultilingError(f"parameter {name!r} must be a whole number, got {value!r}")
         if min_value is not None and v < min_value: raise MultilingError(f"parameter {name!r} must be >= {min_value}, got {v}")

@@ -142,6 +142,15 @@ def tiny_hf_model(family: str = 'gpt2', # one of TINY_FAMILIES
     return hf, tok
 
 # %% ../nbs/01_models.ipynb 10
+def _parameter_values(hf):
+    "(name, tensor) of every parameter; a parameter offloaded by accelerate (on the meta device) is read from its offload map."
+    for name, p in hf.named_parameters():
+        if p.device.type != 'meta': yield name, p; continue
+        owner, _, attr = name.rpartition('.')
+        weights = getattr(getattr(hf.get_submodule(owner), '_hf_hook', None), 'weights_map', None)
+        if weights is None: raise MultilingError(f"parameter {name} is on the meta device and has no offloaded copy: the model is not fully loaded")
+        yield name, weights[attr]
+
 @dataclass
 class LoadedModel:
     "A model ready for experiments: `.hf` (transformers), `.nn` (nnsight wrapper), `.tokenizer`, `.adapter`."
@@ -168,7 +177,7 @@ class LoadedModel:
     @property
     def weights_hash(self) -> str:
         "sha256 of all parameters (a fingerprint recorded with every result)."
-        if self._hash is None: self._hash = tensor_hash(dict(self.hf.named_parameters()))
+        if self._hash is None: self._hash = tensor_hash(dict(_parameter_values(self.hf)))
         return self._hash
     def describe(self) -> dict:
         a = self.adapter
@@ -299,8 +308,11 @@ def load_model(spec, # HF id ('gpt2', 'Qwen/Qwen2.5-1.5B'), a local folder, or a
     try:
         tok = AutoTokenizer.from_pretrained(where)
         hf = AutoModelForCausalLM.from_pretrained(where, **kw)
-    except (OSError, ValueError) as e:
-        if path is not None: raise MultilingError(f"could not load the model folder {path}: {e}") from e
+    except Exception as e:  # safetensors and torch raise their own types for a truncated or garbled file
+        if path is not None:
+            raise MultilingError(f"could not load the model folder {path} (missing, truncated or corrupt files?): "
+                                 f"{type(e).__name__}: {e}. Rebuild it (e.g. `make models`) or point to another folder.") from e
+        if not isinstance(e, (OSError, ValueError)): raise
         offline = os.environ.get('HF_HUB_OFFLINE') == '1' or os.environ.get('TRANSFORMERS_OFFLINE') == '1'
         raise MultilingError(
             f"could not load model {spec!r}: it is not an offline name, not a local folder, and the Hugging Face hub "

@@ -1,0 +1,145 @@
+"""Independent cross-check of head ablation (issue 10).
+
+`multiling.interventions.forward(..., ablate_heads(...))` is compared with
+(1) a from-scratch GPT-2 forward pass written below in plain torch from the raw weights (token + position
+    embeddings, LayerNorm, causal multi-head attention with a padding mask, GELU MLP, tied unembedding), where a
+    head is ablated by zeroing its z (the head's output before the output projection) — always runs;
+(2) TransformerLens's `blocks.L.attn.hook_z` ablation (TransformerLens 4: a `TransformerBridge`) — only if `transformer_lens` is importable (`pip install -e '.[crosscheck]'`).
+"""
+import math
+import pytest
+import torch
+from multiling.models import tiny_hf_model, wrap_model
+from multiling.interventions import Intervention, ablate_heads, encode, forward
+
+TEXTS = ["The weather is nice today and we walk to the market.", "Le temps est beau.",
+         "Сегодня хорошая погода", "今天天气很好，我们去市场。"]
+ATOL = 1e-4
+
+
+@pytest.fixture(scope='module')
+def model():
+    hf, tok = tiny_hf_model('gpt2', seed=0)
+    # GPT-2's init (std 0.02) makes every head nearly irrelevant; larger weights make an ablation move the logits
+    # by far more than the tolerance, so that agreement is informative
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if 'ln' in name: p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g) if name.endswith('weight') else 0.1 * torch.randn(p.shape, generator=g))
+            else: p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return wrap_model(hf, tok, name='tiny-gpt2-crosscheck')
+
+
+def _ln(x, w, b, eps):
+    mu = x.mean(-1, keepdim=True); var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * w + b
+
+
+def _gelu_new(x):
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def gpt2_from_scratch(sd, cfg, input_ids, attention_mask, zero_heads):
+    """GPT-2 logits from the state dict `sd` alone. `zero_heads[i]` = set of (layer, head) whose z is zeroed in row i.
+    Left padding: positions count real tokens only; padded keys are masked."""
+    b, p = input_ids.shape
+    nh, d = cfg.n_head, cfg.n_embd; hd = d // nh; eps = cfg.layer_norm_epsilon
+    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    x = sd['transformer.wte.weight'][input_ids] + sd['transformer.wpe.weight'][pos]
+    causal = torch.tril(torch.ones(p, p, dtype=torch.bool))
+    allowed = causal[None] & attention_mask.bool()[:, None, :]            # [b, q, k]
+    for L in range(cfg.n_layer):
+        pre = f'transformer.h.{L}.'
+        h = _ln(x, sd[pre + 'ln_1.weight'], sd[pre + 'ln_1.bias'], eps)
+        qkv = h @ sd[pre + 'attn.c_attn.weight'] + sd[pre + 'attn.c_attn.bias']   # Conv1D: x @ W + b, W [in, out]
+        q, k, v = qkv.split(d, dim=-1)
+        q, k, v = (t.reshape(b, p, nh, hd).transpose(1, 2) for t in (q, k, v))    # [b, nh, p, hd]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        scores = scores.masked_fill(~allowed[:, None], torch.finfo(scores.dtype).min)
+        z = scores.softmax(-1) @ v                                               # [b, nh, p, hd]
+        for i, heads in enumerate(zero_heads):
+            for (l, hh) in heads:
+                if l == L: z[i, hh] = 0
+        z = z.transpose(1, 2).reshape(b, p, d)
+        x = x + z @ sd[pre + 'attn.c_proj.weight'] + sd[pre + 'attn.c_proj.bias']
+        h = _ln(x, sd[pre + 'ln_2.weight'], sd[pre + 'ln_2.bias'], eps)
+        h = _gelu_new(h @ sd[pre + 'mlp.c_fc.weight'] + sd[pre + 'mlp.c_fc.bias'])
+        x = x + h @ sd[pre + 'mlp.c_proj.weight'] + sd[pre + 'mlp.c_proj.bias']
+    x = _ln(x, sd['transformer.ln_f.weight'], sd['transformer.ln_f.bias'], eps)
+    return x @ sd['transformer.wte.weight'].T                                    # tied unembedding
+
+
+def _real(batch):
+    return batch.attention_mask.bool()
+
+
+def _scratch(model, batch, zero_heads):
+    sd = {k: v.detach().float() for k, v in model.hf.state_dict().items()}
+    with torch.no_grad():
+        return gpt2_from_scratch(sd, model.hf.config, batch.input_ids, batch.attention_mask, zero_heads)
+
+
+def test_clean_model_matches_from_scratch(model):
+    batch = encode(model, TEXTS)
+    assert (batch.attention_mask == 0).any(), "the batch must be padded for this test to mean something"
+    ours = forward(model, batch)['logits']
+    ref = _scratch(model, batch, [set()] * len(TEXTS))
+    m = _real(batch)
+    torch.testing.assert_close(ours[m], ref[m], atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize('heads', [((0, 0),), ((0, 3),), ((1, 1),), ((1, 2),), ((0, 1), (1, 3)), ((0, 0), (0, 1), (0, 2), (0, 3))])
+def test_head_ablation_matches_from_scratch(model, heads):
+    batch = encode(model, TEXTS)
+    ours = forward(model, batch, ablate_heads(*heads))['logits']
+    ref = _scratch(model, batch, [set(heads)] * len(TEXTS))
+    clean = forward(model, batch)['logits']
+    m = _real(batch)
+    torch.testing.assert_close(ours[m], ref[m], atol=ATOL, rtol=1e-4)
+    # the ablation does something far above the tolerance, so the agreement above is not vacuous
+    assert (ours[m] - clean[m]).abs().max() > 100 * ATOL
+
+
+def test_per_row_ablation_in_padded_batch_matches_from_scratch(model):
+    rows = [((0, 0),), (), ((1, 2), (0, 3)), ((1, 0),)]
+    batch = encode(model, TEXTS)
+    ours = forward(model, batch, [ablate_heads(*h) if h else Intervention() for h in rows])['logits']
+    ref = _scratch(model, batch, [set(h) for h in rows])
+    m = _real(batch)
+    torch.testing.assert_close(ours[m], ref[m], atol=ATOL, rtol=1e-4)
+    # each row alone (no padding at all) gives the same logits at its real positions
+    for i, text in enumerate(TEXTS):
+        single = encode(model, [text])
+        alone = _scratch(model, single, [set(rows[i])])[0]
+        torch.testing.assert_close(ref[i][m[i]], alone, atol=ATOL, rtol=1e-4)
+
+
+# ---- TransformerLens (optional extra) ----
+
+def _bridge(model, tmp_path):
+    """TransformerLens 4's TransformerBridge around a copy of the model (its own hook points, e.g. `blocks.L.attn.hook_z`)."""
+    pytest.importorskip('transformer_lens.model_bridge')   # TransformerLens >= 4
+    import copy
+    from transformers import AutoTokenizer
+    from transformer_lens.model_bridge import TransformerBridge
+    model.hf.save_pretrained(tmp_path); model.tokenizer.save_pretrained(tmp_path)  # TL reads the config and tokenizer from a folder
+    return TransformerBridge.boot_transformers(str(tmp_path), hf_model=copy.deepcopy(model.hf),
+                                               tokenizer=AutoTokenizer.from_pretrained(tmp_path), device='cpu')
+
+
+@pytest.mark.parametrize('heads', [((0, 2),), ((1, 1), (0, 0))])
+def test_head_ablation_matches_transformer_lens_hook_z(model, heads, tmp_path):
+    ht = _bridge(model, tmp_path)
+    for text in TEXTS:  # unpadded rows: TransformerLens and we then agree on positions without padding conventions
+        batch = encode(model, [text])
+        ours = forward(model, batch, ablate_heads(*heads))['logits'][0]
+
+        def zero(z, hook):
+            L = int(hook.name.split('.')[1])
+            for l, h in heads:
+                if l == L: z[:, :, h] = 0
+            return z
+        hooks = [(f'blocks.{l}.attn.hook_z', zero) for l in sorted({l for l, _ in heads})]
+        with torch.no_grad():
+            theirs = ht.run_with_hooks(batch.input_ids, fwd_hooks=hooks)[0]
+        torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=1e-4)

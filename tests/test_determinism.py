@@ -1,0 +1,127 @@
+"""Determinism (issue 10): the same command with the same seed gives byte-identical tables on the same machine.
+
+Each chapter's public entry point runs twice, each time in a fresh Python process (so that no cache, RNG state or
+loaded model leaks from one run into the other), on a tiny model saved to disk; the tables written are compared byte
+for byte. The `.meta.json` sidecars are compared too, without their `created` time stamp.
+"""
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false', 'MPLBACKEND': 'Agg'}
+
+
+@pytest.fixture(scope='module')
+def tiny_dir(tmp_path_factory):
+    "A tiny GPT-2 (random weights, the project's tiny tokenizer) saved as a model folder."
+    from multiling.models import tiny_hf_model
+    d = tmp_path_factory.mktemp('models') / 'tiny-gpt2'
+    hf, tok = tiny_hf_model('gpt2', seed=0); hf.save_pretrained(d); tok.save_pretrained(d)
+    return d
+
+
+def run_twice(code: str, tmp_path: Path, *args) -> tuple[Path, Path]:
+    "Run `code` (argv[1] = output folder, then `args`) in two fresh processes at once; return the two output folders."
+    outs, procs = [tmp_path / 'run1', tmp_path / 'run2'], []
+    for out in outs:
+        out.mkdir()
+        procs.append(subprocess.Popen([sys.executable, '-c', textwrap.dedent(code), str(out), *map(str, args)], cwd=ROOT,
+                                      env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-4000:]
+    return outs[0], outs[1]
+
+
+def assert_same_bytes(a: Path, b: Path, min_tables: int = 1):
+    files_a = sorted(p.relative_to(a) for p in a.rglob('*') if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob('*') if p.is_file())
+    assert files_a == files_b
+    tables = [f for f in files_a if f.suffix in ('.csv', '.parquet')]
+    assert len(tables) >= min_tables, f"no table written: {files_a}"
+    for f in files_a:
+        if f.name.endswith('.meta.json'):
+            ma, mb = (json.loads((d / f).read_text()) for d in (a, b))
+            ma.pop('created', None); mb.pop('created', None)
+            assert ma == mb, f
+        else:
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f"{f} differs between two identical runs"
+
+
+def test_generation_table_is_byte_identical(tiny_dir, tmp_path):
+    code = """
+        import sys, pandas as pd
+        from multiling.core import set_seed, provenance, save_table
+        from multiling.models import load_model
+        from multiling.interventions import ablate_heads, forward, generate
+        out, spec = sys.argv[1], sys.argv[2]
+        set_seed(0)
+        m = load_model(spec, device='cpu')
+        prompts = ['The weather is nice today', 'Le temps est beau', 'Сегодня хорошая погода', '今天天气很好']
+        rows = []
+        for head in m.adapter.heads[::2]:
+            texts = generate(m, prompts, ablate_heads(head), max_new_tokens=6)
+            logits = forward(m, prompts, ablate_heads(head))['logits'][:, -1]
+            for p, t, lg in zip(prompts, texts, logits):
+                rows.append(dict(layer=head[0], head=head[1], prompt=p, continuation=t, top_logit=float(lg.max()),
+                                 mean_logit=float(lg.mean())))
+        prov = provenance(spec, {'seed': 0}, notebook='tests/test_determinism.py', weights_hash=m.weights_hash, seed=0)
+        save_table(pd.DataFrame(rows), 'generations', out, prov)
+        save_table(pd.DataFrame(rows), 'generations', out, prov, fmt='parquet')
+    """
+    a, b = run_twice(code, tmp_path, tiny_dir)
+    assert_same_bytes(a, b, min_tables=2)
+
+
+def test_liha_sweep_sharded_table_is_byte_identical(tiny_dir, tmp_path):
+    # the head-ablation sweep (multiling.shard.liha_sweep: every head x prompts, continuation, detected language),
+    # run as shards and merged, then saved with provenance: twice, from scratch
+    code = """
+        import sys
+        from multiling.core import set_seed, provenance, save_table
+        from multiling.shard import liha_sweep, run_shards, merge_shards
+        out, spec = sys.argv[1], sys.argv[2]
+        set_seed(0)
+        task, heads, prompts, keys = liha_sweep(spec, languages='en,fr,ru', n_prompts=2, max_new_tokens=4)
+        run_shards(task, heads, prompts, out, 'liha', heads_per_shard=5, prompts_per_shard=4)
+        table = merge_shards(out, 'liha', sort_by=keys)
+        save_table(table, 'liha_pairs', out, provenance(spec, {'seed': 0}, notebook='tests/test_determinism.py', seed=0))
+    """
+    a, b = run_twice(code, tmp_path, tiny_dir)
+    assert_same_bytes(a, b, min_tables=2)
+
+
+@pytest.fixture(scope='module')
+def tiny_long_dir(tmp_path_factory):
+    "The tiny GPT-2 with a 512-token context: the needle prompts of the project's byte-level tiny tokenizer are long."
+    import torch
+    from transformers import GPT2LMHeadModel
+    from multiling.models import tiny_hf_model
+    d = tmp_path_factory.mktemp('models') / 'tiny-gpt2-512'
+    hf, tok = tiny_hf_model('gpt2', seed=0)
+    cfg = hf.config; cfg.n_positions = 512
+    torch.manual_seed(0); long = GPT2LMHeadModel(cfg).eval()
+    long.save_pretrained(d); tok.save_pretrained(d)
+    return d
+
+
+def test_retrieval_tables_are_byte_identical(tiny_long_dir, tmp_path):
+    code = """
+        import sys
+        from multiling.core import set_seed, provenance, save_table
+        from multiling.models import load_model
+        from multiling.data import parallel_corpus
+        from multiling.retrieval import build_needle_prompts, score_heads, masking_sweep
+        out, spec = sys.argv[1], sys.argv[2]
+        set_seed(0)
+        m = load_model(spec, device='cpu')
+        corpus = parallel_corpus(['en', 'fr'], split='test').head(200)
+        prompts = build_needle_prompts(m, corpus, 'en,fr', lengths=(64,), depths=(0.5,))
+        prov = provenance(spec, {'seed': 0}, notebook='tests/test_determinism.py', seed=0)
+        save_table(score_heads(m, prompts), 'retrieval_scores', out, prov)
+        save_table(masking_sweep(m, prompts, {'none': [], 'L0H1': [(0, 1)], 'L1H2+L1H3': [(1, 2), (1, 3)]}, max_new_tokens=3),
+                   'retrieval_masking', out, prov)
+    """
+    a, b = run_twice(code, tmp_path, tiny_long_dir)
+    assert_same_bytes(a, b, min_tables=2)
