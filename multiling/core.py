@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import hashlib, json, math, os, random, subprocess, tempfile, datetime
+import errno, hashlib, json, math, os, random, subprocess, tempfile, datetime
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -146,9 +146,14 @@ def atomic_path(path: str | Path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp): os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in _FULL:
+            raise MultilingError(f"could not write {path}: {os.strerror(e.errno)} (the disk, a quota or a file-size limit is full). "
+                                 "Nothing was written and any earlier version is intact: free space and re-run.") from e
         raise
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 def write_json(obj, path: str | Path):
     "Write JSON atomically."

@@ -70,6 +70,28 @@ def test_killed_first_write_leaves_no_table(tmp_path):
         load_table(tmp_path / 'table.csv')
 
 
+FULL_DISK_WRITER = r"""
+import resource, signal, sys
+import pandas as pd
+from multiling.core import save_table, MultilingError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)            # past the limit write() fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try: save_table(pd.DataFrame({'x': range(100_000), 'y': 2.5}), 'table', sys.argv[1], {'model': 'v2'})
+except MultilingError as e: print('CLEAR ERROR:', e); sys.exit(3)
+"""
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_old_table(tmp_path):
+    # a real write that the kernel refuses (a file-size limit: EFBIG, handled like ENOSPC / EDQUOT)
+    save_table(pd.DataFrame({'x': range(10), 'y': 1.0}), 'table', tmp_path, {'model': 'v1'})
+    before = (tmp_path / 'table.csv').read_bytes()
+    r = subprocess.run([sys.executable, '-c', FULL_DISK_WRITER, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stdout + r.stderr[-2000:]
+    assert 'CLEAR ERROR' in r.stdout and 'table.csv' in r.stdout and 'full' in r.stdout, r.stdout
+    assert (tmp_path / 'table.csv').read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]
+
+
 # ---------------------------------------------------------------- corrupt checkpoints
 
 def test_corrupt_training_checkpoint_is_a_clear_error(tmp_path):
