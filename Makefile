@@ -47,7 +47,7 @@ paper: models
 	$(BIN)/multiling_index
 
 # ---- tests (CI) ----
-test: install data check-nbdev test-nbdev test-pytest test-notebooks
+test: install data check-nbdev test-nbdev test-notebooks test-pytest  # pytest last: its summary line closes the log
 
 # nbdev_export and nbdev_clean must leave the committed notebooks and modules unchanged
 check-nbdev: install
