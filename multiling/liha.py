@@ -12,8 +12,10 @@ from .core import (MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languag
 from . import stats
 
 # %% auto 0
-__all__ = ['STOP_MARGIN', 'decision_text', 'decided', 'parse_heads', 'switch_rates', 'liha_generations', 'broadcasters',
-           'summarize', 'liha_table', 'liha_cli']
+__all__ = ['STOP_MARGIN', 'COMPENSATION_METRICS', 'decision_text', 'decided', 'parse_heads', 'switch_rates', 'liha_generations',
+           'broadcasters', 'summarize', 'liha_table', 'liha_cli', 'language_token_weights', 'language_directions',
+           'norm_affine', 'norm_scale', 'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout',
+           'o_proj_heads', 'head_dla', 'compensation', 'compensation_layers']
 
 # %% ../nbs/08_liha.ipynb 4
 STOP_MARGIN = 8  # characters beyond `decide_chars` before a row may stop (see the decision rule)
@@ -242,3 +244,248 @@ def liha_cli(argv: list[str] | None = None):
 def _num(s, name):
     try: return int(s)
     except (TypeError, ValueError): raise MultilingError(f"--{name} must be an integer, got {s!r}") from None
+
+# %% ../nbs/08_liha.ipynb 16
+def _unembed_weight(model):
+    "The unembedding as [vocab, d_model]."
+    return model.adapter.get(model.hf, model.adapter.unembed).weight
+
+def language_token_weights(model, # a LoadedModel
+                           texts: dict, # {language: [texts in that language]}, at least two languages
+                          ) -> dict:
+    "Per language, vocabulary weights c: its token frequencies (summing to 1) minus the mean of the other languages' frequencies."
+    import torch
+    if not isinstance(texts, dict) or len(texts) < 2:
+        raise MultilingError("language directions need texts of at least two languages: give {language: [texts], ...}")
+    vocab = _unembed_weight(model).shape[0]; freq = {}
+    for lang, ts in texts.items():
+        ids = [i for t in ts if isinstance(t, str) for i in model.tokenizer(t, add_special_tokens=False).input_ids]
+        if not ids: raise MultilingError(f"no tokens for language {lang!r}: give at least one non-empty text per language")
+        f = torch.bincount(torch.tensor(ids), minlength=vocab).double()
+        freq[lang] = f / f.sum()
+    return {l: f - torch.stack([g for k, g in freq.items() if k != l]).mean(0) for l, f in freq.items()}
+
+def language_directions(model, # a LoadedModel
+                        texts: dict, # {language: [texts in that language]}
+                       ) -> dict:
+    "Per language, the direction u = W_U^T c (c from `language_token_weights`) in the final norm's output space."
+    W = _unembed_weight(model).detach().double()
+    return {l: (c.to(W.device) @ W).float() for l, c in language_token_weights(model, texts).items()}
+
+# %% ../nbs/08_liha.ipynb 19
+def norm_affine(mod, # a LayerNorm or RMSNorm-like module
+               ) -> dict:
+    "A norm as gamma * P(x) / scale(x) + beta: gamma, beta, eps, and `center` (P centres for LayerNorm, identity for RMSNorm)."
+    import torch
+    if isinstance(mod, torch.nn.LayerNorm):
+        gamma = mod.weight.detach().double() if mod.weight is not None else torch.ones(mod.normalized_shape, dtype=torch.float64)
+        beta = mod.bias.detach().double() if mod.bias is not None else torch.zeros_like(gamma)
+        return dict(gamma=gamma, beta=beta, eps=mod.eps, center=True)
+    eps = getattr(mod, 'variance_epsilon', getattr(mod, 'eps', None))
+    if getattr(mod, 'weight', None) is None or eps is None:
+        raise MultilingError(f"norm {type(mod).__name__} is neither LayerNorm nor RMSNorm-like: extend liha.norm_affine")
+    gamma = mod.weight.detach().double() + (1.0 if type(mod).__name__.startswith('Gemma') else 0.0)  # Gemma scales by 1 + weight
+    return dict(gamma=gamma, beta=torch.zeros_like(gamma), eps=eps, center=False)
+
+def norm_scale(mod, # a LayerNorm or RMSNorm-like module
+               x, # [..., d] its input
+              ) -> 'torch.Tensor':
+    "The norm's scale (std or RMS, with eps) at `x`; checks that gamma * P(x) / scale + beta is the module's output."
+    import torch
+    n = norm_affine(mod); r = x.double()
+    xc = r - r.mean(-1, keepdim=True) if n['center'] else r
+    scale = (xc.pow(2).mean(-1) + n['eps']).sqrt()
+    with torch.no_grad(): ref = mod(x).double()
+    g, b = n['gamma'].to(ref.device), n['beta'].to(ref.device)
+    if not torch.allclose(g * xc / scale[..., None] + b, ref, atol=1e-3 * (1 + ref.abs().max().item())):
+        raise MultilingError(f"norm {type(mod).__name__} is not the LayerNorm/RMSNorm that liha.norm_affine assumes")
+    return scale
+
+def final_norm_linear(model, # a LoadedModel
+                     ) -> dict:
+    "`norm_affine` of the model's final norm."
+    return norm_affine(model.adapter.get(model.hf, model.adapter.final_norm))
+
+def final_norm_scale(model, # a LoadedModel
+                     resid, # [..., d_model] residual stream entering the final norm (the clean run's)
+                    ) -> 'torch.Tensor':
+    "The final norm's scale at `resid` (`norm_scale`)."
+    return norm_scale(model.adapter.get(model.hf, model.adapter.final_norm), resid)
+
+def attn_norm_scale(model, # a LoadedModel
+                    attn_out, # [n_layers, b, p, d_model] attention outputs (o_proj outputs, `forward(save=['attn_out'])`)
+                   ) -> 'torch.Tensor | None':
+    "[n_layers, b, p] scale of the norm applied to each attention output (Gemma-2/3); None for families without one."
+    import torch
+    path = model.adapter.attn_out_norm
+    if path is None: return None
+    return torch.stack([norm_scale(model.adapter.get(model.hf, path, l), attn_out[l]) for l in range(model.adapter.n_layers)])
+
+def readout(model, # a LoadedModel
+            direction, # [d_model] or [b, d_model]: direction(s) in the final norm's output space (`language_directions`)
+           ) -> 'torch.Tensor':
+    "w with direction . (gamma * P(x)) = w . x, so that a component x's DLA is w . x / scale (P is symmetric)."
+    n = final_norm_linear(model)
+    w = n['gamma'].to(direction.device) * direction.double()
+    return w - w.mean(-1, keepdim=True) if n['center'] else w
+
+def o_proj_heads(model, # a LoadedModel
+                 layer: int) -> 'torch.Tensor':
+    "Layer `layer`'s attention output projection as per-head blocks [n_heads, head_dim, d_model] (W as [in, out])."
+    from multiling.models import linear_shape
+    a = model.adapter; mod = a.get(model.hf, a.o_proj, layer)
+    W = mod.weight.detach() if type(mod).__name__ == 'Conv1D' else mod.weight.detach().T  # GPT-2's Conv1D stores [in, out], Linear [out, in]
+    assert tuple(W.shape) == linear_shape(mod)
+    return W.reshape(a.n_heads, a.head_dim, W.shape[1])
+
+def head_dla(model, # a LoadedModel
+             heads, # [n_layers, b, p, n_heads, head_dim] head outputs (o_proj inputs) saved by `interventions.forward`
+             w, # [b, d_model] read-out vectors (`readout`), one per row
+             scale, # [b, p] final-norm scale (`final_norm_scale`; the clean run's, frozen, for an ablated run)
+             attn_scale=None, # [n_layers, b, p] `attn_norm_scale` of this run; needed where the adapter has an `attn_out_norm`
+            ) -> 'torch.Tensor':
+    "Direct logit attribution [n_layers, b, p, n_heads] of every head: (z_h W_O,h) . w / scale (through the attention-output norm where there is one)."
+    import torch
+    a = model.adapter; post = a.attn_out_norm
+    if heads.shape[0] != a.n_layers: raise MultilingError(f"head_dla needs the heads of all {a.n_layers} layers, got {heads.shape[0]}")
+    if post is not None and attn_scale is None:
+        raise MultilingError(f"{a.family} normalises the attention output before the residual: give attn_scale (liha.attn_norm_scale)")
+    out = []
+    for l in range(a.n_layers):
+        wl = w.double()
+        if post is not None:  # a head's share of the normalised attention output: gamma * P(z_h W_h) / scale_l
+            n = norm_affine(a.get(model.hf, post, l)); wl = wl * n['gamma'].to(wl.device)
+            if n['center']: wl = wl - wl.mean(-1, keepdim=True)
+        v = torch.einsum('hkd,bd->bhk', o_proj_heads(model, l).double(), wl)  # each head's read-out in its own space
+        d = torch.einsum('bphk,bhk->bph', heads[l].double(), v)
+        out.append(d if post is None else d / attn_scale[l].double()[..., None])
+    return torch.stack(out) / scale.double()[None, :, :, None]
+
+# %% ../nbs/08_liha.ipynb 23
+COMPENSATION_METRICS = ('dla', 'first_token_attention')
+
+def _comp_rows(prompts, languages, continuations):
+    rows = _prompt_rows(prompts, languages)
+    rows['continuation'] = ''
+    if continuations is not None:
+        need = {'prompt_id', 'lang', 'clean_text'}
+        if not isinstance(continuations, pd.DataFrame) or not need <= set(continuations.columns):
+            raise MultilingError(f"continuations need columns {sorted(need)} (e.g. the sweep's generations)")
+        cont = continuations.drop_duplicates(['prompt_id', 'lang']).set_index(['prompt_id', 'lang'])['clean_text']
+        rows['continuation'] = [cont.get((p, l), '') or '' for p, l in zip(rows['prompt_id'], rows['lang'])]
+    rows['text'] = rows['prompt'] + rows['continuation']
+    return rows
+
+def _position_weights(model, rows, batch, add_bos):
+    "[b, p]: 1/n on the positions read (those predicting continuation tokens; the last prompt position without one)."
+    import torch
+    from multiling.interventions import encode
+    plen = encode(model, rows['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
+    width = batch.attention_mask.shape[1]; first = width - batch.attention_mask.sum(1)
+    pw = torch.zeros(len(rows), width, dtype=torch.float64, device=batch.input_ids.device)
+    for j in range(len(rows)):
+        start = min(int(first[j] + plen[j]) - 1, width - 1)
+        stop = width - 1 if rows['continuation'].iloc[j] and start < width - 1 else width  # the last token predicts nothing read here
+        pw[j, start:stop] = 1.0 / (stop - start)
+    return pw, first
+
+def _head_metrics(model, batch, pw, first, w, scale, iv):
+    "Per row and head: DLA (final-norm `scale`; None: this run's) and attention to the first real token, averaged with `pw`."
+    import torch
+    from multiling.interventions import forward
+    post = model.adapter.attn_out_norm is not None
+    r = forward(model, batch, interventions=iv, save=['heads', 'resid'] + (['attn_out'] if post else []), attentions=True)
+    if scale is None: scale = final_norm_scale(model, r['resid'][-1])
+    attn_scale = attn_norm_scale(model, r['attn_out']) if post else None  # this run's own: the heads' actual shares
+    dla = torch.einsum('lbph,bp->blh', head_dla(model, r['heads'], w, scale, attn_scale), pw)
+    att = r['attentions'].double()  # [L, b, H, q, k]
+    to_first = att.gather(-1, first.view(1, -1, 1, 1, 1).expand(*att.shape[:-1], 1)).squeeze(-1)
+    return dla.cpu().numpy(), torch.einsum('lbhq,bq->blh', to_first, pw).cpu().numpy(), scale
+
+def compensation(model, # a LoadedModel (or spec for `models.load_model`)
+                 prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`)
+                 languages: str | list[str] = STUDY_LANGUAGES, # prompt languages
+                 heads=None, # heads to ablate, one at a time: 'L:H,...' or list of (L, H)
+                 directions: dict | None = None, # {language: [d_model] direction} (`language_directions`); None: from the prompts
+                 continuations: pd.DataFrame | None = None, # prompt_id, lang, clean_text (the sweep's generations); None: last prompt position
+                 test: str = 'wilcoxon', # paired test across rows: 'wilcoxon', 'ttest' or 'permutation' (`stats.paired_test`)
+                 add_bos: bool | None = None, # see `interventions.encode`
+                 batch_size: int = 64, # rows per forward pass
+                 progress: bool = False, # tqdm bar over batches
+                ) -> pd.DataFrame:
+    "Tidy table: per ablated head, every head's mean DLA and first-token attention, clean vs ablated, paired p and BH q."
+    import torch
+    from tqdm.auto import tqdm
+    from multiling.models import load_model
+    from multiling.interventions import encode, ablate_heads, Intervention
+    languages = parse_languages(languages)
+    batch_size = check_param('batch_size', batch_size, int, min_value=1)
+    if test not in ('wilcoxon', 'ttest', 'permutation'): raise MultilingError(f"test must be wilcoxon, ttest or permutation, got {test!r}")
+    rows = _comp_rows(prompts, languages, continuations)
+    model = load_model(model); a = model.adapter
+    if heads is None: raise MultilingError("give the heads to ablate (e.g. the sweep's top heads as 'L:H,...')")
+    heads = parse_heads(heads, a.n_layers, a.n_heads)
+    if directions is None: directions = language_directions(model, {l: rows.loc[rows['lang'] == l, 'prompt'].tolist() for l in languages})
+    missing = [l for l in languages if l not in directions]
+    if missing: raise MultilingError(f"no language direction for {missing}: compute them with language_directions for every prompt language")
+    clean = {m: [] for m in COMPENSATION_METRICS}; abl = {m: [[] for _ in heads] for m in COMPENSATION_METRICS}
+    with torch.no_grad():
+        for i in tqdm(range(0, len(rows), batch_size), disable=not progress, desc='compensation'):
+            chunk = rows.iloc[i:i + batch_size]
+            batch = encode(model, chunk['text'].tolist(), add_bos=add_bos)
+            pw, first = _position_weights(model, chunk, batch, add_bos)
+            w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
+            dla, ft, scale = _head_metrics(model, batch, pw, first, w, None, Intervention())
+            clean['dla'].append(dla); clean['first_token_attention'].append(ft)
+            for k, h in enumerate(heads):
+                dla, ft, _ = _head_metrics(model, batch, pw, first, w, scale, ablate_heads(h))  # the clean scale, frozen
+                abl['dla'][k].append(dla); abl['first_token_attention'][k].append(ft)
+    clean = {m: np.concatenate(v) for m, v in clean.items()}
+    abl = {m: [np.concatenate(v) for v in vs] for m, vs in abl.items()}
+    out = []
+    for k, (al, ah) in enumerate(heads):
+        for m in COMPENSATION_METRICS:
+            part = []
+            for l, h in a.heads:
+                c, x = clean[m][:, l, h], abl[m][k][:, l, h]
+                rel = 'self' if (l, h) == (al, ah) else 'above' if l > al else 'same' if l == al else 'below'
+                part.append(dict(model=model.name, ablated_layer=al, ablated_head=ah, layer=l, head=h, relation=rel, metric=m,
+                                 mean_clean=float(c.mean()), mean_ablated=float(x.mean()), delta=float((x - c).mean()),
+                                 p=stats.paired_test(c, x, method=test)['p'], n_prompts=len(c)))
+            part = pd.DataFrame(part); other = part['relation'] != 'self'
+            part['q'] = part['p']  # the ablated head itself: a family of one
+            part.loc[other, 'q'] = stats.benjamini_hochberg(part.loc[other, 'p'].to_numpy())
+            out.append(part)
+    cols = ['model', 'ablated_layer', 'ablated_head', 'layer', 'head', 'relation', 'metric', 'mean_clean', 'mean_ablated',
+            'delta', 'p', 'q', 'n_prompts']
+    return pd.concat(out, ignore_index=True)[cols]
+
+# %% ../nbs/08_liha.ipynb 26
+def compensation_layers(table: pd.DataFrame, # from `compensation`
+                        alpha: float = 0.05, # q below which a change counts
+                       ) -> pd.DataFrame:
+    "Per ablated head (and pooled): heads that compensate (DLA up, q < alpha), their share above / same / below, tests."
+    alpha = check_param('alpha', alpha, float, min_value=0.0, max_value=1.0)
+    d = table[table['metric'] == 'dla'] if 'metric' in table.columns else table.iloc[:0]
+    if d.empty: raise MultilingError("the compensation table has no 'dla' rows: build it with liha.compensation")
+    rows = []
+    for (al, ah), g in list(d.groupby(['ablated_layer', 'ablated_head'], sort=True)) + [(('all', 'all'), d)]:
+        is_all = al == 'all'
+        o = g[g['relation'] != 'self']; sig = o['q'] < alpha
+        comp, anti, above = sig & (o['delta'] > 0), sig & (o['delta'] < 0), o['relation'] == 'above'
+        n = int(comp.sum()); k = {r: int((comp & (o['relation'] == r)).sum()) for r in ('above', 'same', 'below')}
+        expected = float(above.mean())
+        fisher = stats.fisher_exact(k['above'], int((~comp & above).sum()), n - k['above'], int((~comp & ~above).sum()))
+        own = g[g['relation'] == 'self']
+        lost, recovered = float((own['mean_clean'] - own['mean_ablated']).sum()), float(o['delta'].sum())
+        rows.append(dict(ablated='all' if is_all else f'L{al}H{ah}', ablated_layer=pd.NA if is_all else al,
+                         ablated_head=pd.NA if is_all else ah, n_other=len(o), n_compensating=n, n_anticompensating=int(anti.sum()),
+                         n_above=k['above'], n_same=k['same'], n_below=k['below'],
+                         share_above=k['above'] / n if n else np.nan, share_same=k['same'] / n if n else np.nan,
+                         share_below=k['below'] / n if n else np.nan, expected_share_above=expected,
+                         p_binomial=np.nan if is_all else stats.binomial_test(k['above'], n, expected),
+                         odds_ratio_above=fisher['odds_ratio'], p_fisher=fisher['p'],
+                         lost_dla=lost, recovered_dla=recovered, recovered_fraction=recovered / lost if lost > 0 else np.nan, alpha=alpha))
+    out = pd.DataFrame(rows)
+    out[['ablated_layer', 'ablated_head']] = out[['ablated_layer', 'ablated_head']].astype('Int64')
+    return out

@@ -34,6 +34,7 @@ class Adapter:
     head_dim: int
     d_model: int
     d_mlp: int
+    attn_out_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma-2/3), relative to a block
 
     def get(self, root, path: str, layer: int | None = None):
         "Resolve `path` (relative to block `layer` when given) on `root` (an HF model or its nnsight proxy)."
@@ -74,7 +75,8 @@ _FAMILY_PATHS = {
     'llama': dict(layers='model.layers', attn='self_attn', o_proj='self_attn.o_proj', mlp='mlp', mlp_down='mlp.down_proj',
                   mlp_norm='post_attention_layernorm', final_norm='model.norm', unembed='lm_head'),
     'gemma': dict(layers='model.layers', attn='self_attn', o_proj='self_attn.o_proj', mlp='mlp', mlp_down='mlp.down_proj',
-                  mlp_norm='pre_feedforward_layernorm', final_norm='model.norm', unembed='lm_head'),
+                  mlp_norm='pre_feedforward_layernorm', final_norm='model.norm', unembed='lm_head',
+                  attn_out_norm='post_attention_layernorm'),
     'bloom': dict(layers='transformer.h', attn='self_attention', o_proj='self_attention.dense', mlp='mlp',
                   mlp_down='mlp.dense_4h_to_h', mlp_norm='post_attention_layernorm', final_norm='transformer.ln_f', unembed='lm_head'),
 }

@@ -50,7 +50,9 @@ def paired_test(before, after, # paired samples (same units, same order)
     b, a = np.asarray(before, float), np.asarray(after, float)
     if b.shape != a.shape or b.ndim != 1: raise MultilingError("paired_test needs two 1-D arrays of the same length")
     d = a - b
-    if np.allclose(d, 0): return {'mean_diff': 0.0, 'stat': 0.0, 'p': 1.0, 'n': len(d), 'method': method}
+    # no difference at all (up to float rounding relative to the data's own magnitude): the tests are undefined, p = 1
+    if np.all(np.abs(d) <= 1e-6 * max(np.abs(a).max(initial=0), np.abs(b).max(initial=0), np.finfo(float).tiny)):
+        return {'mean_diff': 0.0, 'stat': 0.0, 'p': 1.0, 'n': len(d), 'method': method}
     if method == 'wilcoxon': r = _st.wilcoxon(a, b); stat, p = r.statistic, r.pvalue
     elif method == 'ttest': r = _st.ttest_rel(a, b); stat, p = r.statistic, r.pvalue
     elif method == 'permutation':

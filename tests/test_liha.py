@@ -59,3 +59,58 @@ def test_cli_bad_input(tmp_path, args):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and 'error' in r.stderr
     assert not (tmp_path / 'o').exists()
+
+# --- compensation (DLA of every head, clean vs one head ablated) ---
+from multiling.liha import compensation, compensation_layers, language_directions, COMPENSATION_METRICS
+
+COMP_COLS = ['model', 'ablated_layer', 'ablated_head', 'layer', 'head', 'relation', 'metric', 'mean_clean', 'mean_ablated',
+             'delta', 'p', 'q', 'n_prompts']
+
+@pytest.mark.parametrize('family', ['gpt2', 'llama', 'gemma'])
+def test_compensation_table(family):
+    from multiling.models import tiny_model
+    m = tiny_model(family); a = m.adapter
+    t = compensation(m, PROMPTS, 'en,fr', heads=[(0, 1), (1, 3)], batch_size=4)
+    assert list(t.columns) == COMP_COLS
+    assert len(t) == 2 * a.n_layers * a.n_heads * len(COMPENSATION_METRICS) and (t.n_prompts == 6).all()
+    own = t[(t.relation == 'self') & (t.metric == 'dla')].set_index(['ablated_layer', 'ablated_head'])
+    assert sorted(own.index) == [(0, 1), (1, 3)] and (own.mean_ablated == 0).all() and (own.mean_clean != 0).all()
+    # upstream of the ablation nothing changes (Gemma's attention-output norm rescales the heads of the same layer)
+    assert (t[t.relation.isin(['below'] if family == 'gemma' else ['below', 'same'])].delta == 0).all()
+    assert t.p.between(0, 1).all() and t.q.between(0, 1).all()
+    layers = compensation_layers(t, alpha=0.05)
+    assert list(layers.ablated) == ['L0H1', 'L1H3', 'all'] and (layers.n_below == 0).all()
+
+def test_compensation_dla_by_hand():
+    "The ablated run's DLA of a head above, recomputed with plain torch hooks (no nnsight) on a tiny GPT-2."
+    import torch
+    from multiling.models import tiny_model
+    m = tiny_model('gpt2'); a, hf = m.adapter, m.hf; hd = a.head_dim
+    dirs = language_directions(m, {'en': PROMPTS.en.tolist(), 'fr': PROMPTS.fr.tolist()})
+    t = compensation(m, PROMPTS, 'en,fr', heads='0:2', directions=dirs)
+    got = t[(t.metric == 'dla') & (t.layer == 1) & (t['head'] == 0)].iloc[0]
+    def run(text, ablate):
+        seen = {}
+        def zero(mod, args):
+            x = args[0].clone(); x[..., 2 * hd:3 * hd] = 0; return (x,)
+        hooks = [hf.transformer.h[1].attn.c_proj.register_forward_pre_hook(lambda mod, args: seen.__setitem__('z', args[0])),
+                 hf.transformer.ln_f.register_forward_pre_hook(lambda mod, args: seen.__setitem__('r', args[0]))]
+        if ablate: hooks.append(hf.transformer.h[0].attn.c_proj.register_forward_pre_hook(zero))
+        try:
+            with torch.no_grad(): hf(**m.tokenizer(text, return_tensors='pt'))
+        finally:
+            for h in hooks: h.remove()
+        return seen['z'][0, -1].double(), seen['r'][0, -1].double()
+    vals = {False: [], True: []}
+    for lang in ['en', 'fr']:
+        for text in PROMPTS[lang]:
+            _, r_clean = run(text, False)
+            scale = (r_clean.var(unbiased=False) + hf.transformer.ln_f.eps).sqrt()   # frozen at the clean run
+            w = hf.transformer.ln_f.weight.detach().double() * dirs[lang].double(); w = w - w.mean()
+            W0 = hf.transformer.h[1].attn.c_proj.weight[:hd].detach().double()   # Conv1D: [in, out]; head 0 = first head_dim rows
+            for ablate in (False, True):
+                z, _ = run(text, ablate)
+                vals[ablate].append(float(z[:hd] @ W0 @ w / scale))
+    assert got.mean_clean == pytest.approx(sum(vals[False]) / 6, rel=1e-4, abs=1e-7)
+    assert got.mean_ablated == pytest.approx(sum(vals[True]) / 6, rel=1e-4, abs=1e-7)
+    assert got.mean_clean != pytest.approx(got.mean_ablated, rel=1e-6)   # head 0:2 does feed head 1:0
