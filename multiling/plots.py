@@ -48,12 +48,15 @@ def lines_by_layer(df: pd.DataFrame, value: str, hue: str, # a curve per value o
     _need(df, [x, value, hue] + ([style] if style else []))
     fig = None
     if ax is None: fig, ax = plt.subplots(figsize=(6, 3.6))
-    sns.lineplot(data=df, x=x, y=value, hue=hue, style=style, marker='o', ax=ax, errorbar=None)
+    # one explicit colour per hue value, shared by its line and its band
+    colours = dict(zip(pd.unique(df[hue]), sns.color_palette(n_colors=df[hue].nunique())))
+    sns.lineplot(data=df, x=x, y=value, hue=hue, hue_order=list(colours), palette=colours, style=style, marker='o', ax=ax, errorbar=None)
     if band:
-        for k, g in df.groupby(hue):
+        for k, g in df.groupby(hue, sort=False):
             g = g.groupby(x)[[band[0], band[1]]].mean().reset_index()
-            ax.fill_between(g[x], g[band[0]], g[band[1]], alpha=0.15)
+            ax.fill_between(g[x], g[band[0]], g[band[1]], alpha=0.15, color=colours[k])
     ax.set_title(title); ax.set_ylabel(ylabel or value)
+    if x == 'layer': ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # layers are whole numbers
     ax.legend(fontsize='small', ncol=2)
     return fig or ax.figure
 
