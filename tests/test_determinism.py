@@ -125,3 +125,29 @@ def test_retrieval_tables_are_byte_identical(tiny_long_dir, tmp_path):
     """
     a, b = run_twice(code, tmp_path, tiny_long_dir)
     assert_same_bytes(a, b, min_tables=2)
+
+
+def test_logit_lens_tables_are_byte_identical(tmp_path):
+    # the logit-lens chapter: language token sets from the corpus, lens by layer, cross-lingual similarity; on a tiny
+    # model built in each process from the same seed (its tokenizer is the project's tiny one)
+    code = """
+        import sys
+        from multiling.core import set_seed, provenance, save_table
+        from multiling.models import tiny_model
+        from multiling.data import load_prompts, prompts_long
+        from multiling import lens
+        out = sys.argv[1]
+        set_seed(0)
+        m = tiny_model('gpt2', seed=0)
+        langs = ['en', 'fr', 'ru']
+        sets = lens.language_token_sets(m.tokenizer, langs, n_verses=300, min_count=2, max_tokens=30)
+        prompts = prompts_long(load_prompts(languages=langs, n=4))
+        by_layer = lens.language_probability_by_layer(m, prompts, sets)
+        sim = lens.hidden_similarity_by_layer(m, load_prompts(languages=langs, n=6), langs, n_boot=200)
+        prov = provenance('tiny-gpt2', {'seed': 0}, notebook='tests/test_determinism.py', weights_hash=m.weights_hash, seed=0)
+        save_table(sets, 'lens_token_sets', out, prov)
+        save_table(by_layer, 'lens_by_layer', out, prov)
+        save_table(sim, 'lens_similarity', out, prov)
+    """
+    a, b = run_twice(code, tmp_path)
+    assert_same_bytes(a, b, min_tables=3)
