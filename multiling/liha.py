@@ -124,7 +124,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     ckpt = Path(out_dir) if out_dir is not None else None
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
-        key = dict(model=model.name, languages=languages, n_prompts=len(rows), max_new_tokens=max_new_tokens, decide_chars=decide_chars,
+        key = dict(model=model.name, weights=model.weights_hash, languages=languages, n_prompts=len(rows), max_new_tokens=max_new_tokens, decide_chars=decide_chars,
                    prompts=pd.util.hash_pandas_object(rows, index=False).sum().item())
         kf = ckpt / 'sweep_key.json'
         if resume and kf.exists() and json.loads(kf.read_text()) != key:

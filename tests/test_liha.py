@@ -37,6 +37,14 @@ def test_resume_after_interruption(model, tmp_path):
     pd.testing.assert_frame_equal(resumed, full)
     pd.testing.assert_frame_equal(switch_rates(resumed), switch_rates(full))
 
+def test_checkpoints_of_other_weights_are_refused(tmp_path):
+    # the same model name with other weights (re-trained, fine-tuned) must not resume from the old shards
+    from multiling.models import tiny_model
+    kw = dict(languages='en,fr', heads='0:0', max_new_tokens=3, decide_chars=3, detect=STUB, out_dir=tmp_path)
+    liha_generations(tiny_model('gpt2', seed=0), PROMPTS, **kw)
+    with pytest.raises(MultilingError, match='other settings'):
+        liha_generations(tiny_model('gpt2', seed=1), PROMPTS, **kw)
+
 def test_fast_equals_naive(model):
     kw = dict(languages='en,fr', heads=None, max_new_tokens=8, decide_chars=12)
     det = None if ORG.exists() else STUB
