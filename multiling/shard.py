@@ -104,7 +104,8 @@ def run_shards(task: Callable, # task(heads, prompts) -> DataFrame
     heads, prompts = list(heads), list(prompts)
     if not heads or not prompts: raise MultilingError("a sweep needs at least one head and one prompt")
     shards = make_shards(len(heads), len(prompts), heads_per_shard, prompts_per_shard)
-    _prepare_manifest(out_dir, stem, shards, sweep_fingerprint(heads, prompts, settings))
+    # a task may carry what defines it (`task.settings`: model weights, generation settings); all of it is fingerprinted
+    _prepare_manifest(out_dir, stem, shards, sweep_fingerprint(heads, prompts, {**getattr(task, 'settings', {}), **(settings or {})}))
     if backend == 'inprocess':
         from tqdm.auto import tqdm
         return [run_shard(task, s, heads, prompts, out_dir, stem) for s in tqdm(shards, disable=not progress, desc=stem)]
@@ -191,4 +192,5 @@ def liha_sweep(model: str, # a spec for `load_model` (each worker loads it itsel
     m = _cached_model(str(model), device, dtype)
     heads = [(-1, -1)] + list(m.adapter.heads)
     task = functools.partial(_liha_task, str(model), device, dtype, max_new_tokens, tuple(langs))
+    task.settings = dict(model=str(model), weights=m.weights_hash, dtype=str(m.dtype), max_new_tokens=max_new_tokens, languages=langs)
     return task, heads, prompts, LIHA_KEYS

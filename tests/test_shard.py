@@ -85,6 +85,21 @@ def test_liha_sweep_sharded_equals_unsharded(tmp_path):
     pd.testing.assert_frame_equal(merge_shards(tmp_path / 'out', 'liha', sort_by=keys), full)
 
 
+
+def test_liha_sweep_of_retrained_weights_is_not_merged_with_old_shards(tmp_path):
+    # same folder name, other weights: the old shards must be refused, not resumed
+    from multiling import shard
+    from multiling.models import tiny_hf_model
+    model_dir = tmp_path / 'model'
+    hf, tok = tiny_hf_model('gpt2', seed=0); hf.save_pretrained(model_dir); tok.save_pretrained(model_dir)
+    task, heads, prompts, keys = shard.liha_sweep(str(model_dir), n_prompts=1, languages='en', max_new_tokens=2)
+    run_shards(task, heads[:2], prompts, tmp_path / 'out', 'liha', heads_per_shard=1)
+    hf, tok = tiny_hf_model('gpt2', seed=1); hf.save_pretrained(model_dir); tok.save_pretrained(model_dir)
+    shard._cached_model.cache_clear()
+    task, heads, prompts, keys = shard.liha_sweep(str(model_dir), n_prompts=1, languages='en', max_new_tokens=2)
+    with pytest.raises(MultilingError, match='different sweep'):
+        run_shards(task, heads[:2], prompts, tmp_path / 'out', 'liha', heads_per_shard=1)
+
 # ---- Ray: a local cluster on CPU (skipped when Ray is not installed) ----
 
 @pytest.fixture(scope='module')
