@@ -11,13 +11,13 @@ from .core import MultilingError, parse_languages, LANGUAGE_NAMES, STUDY_LANGUAG
 from .models import LoadedModel
 
 # %% auto 0
-__all__ = ['TASK_LANGUAGES', 'LANGUAGE_NAMES_IN', 'INSTRUCTIONS', 'ANSWER_SENTENCES', 'ARITHMETIC_TEMPLATES', 'NAMES',
-           'QA_QUESTIONS', 'MC_QUESTIONS', 'LETTERS', 'SCENARIOS', 'OUTCOMES', 'MGSM_LANGUAGES', 'XQUAD_LANGUAGES',
-           'MMLU_PROX_LANGUAGES', 'instruction_text', 'answer_sentence', 'has_chat_format', 'model_prompt',
-           'name_pattern', 'any_language_pattern', 'arithmetic_items', 'name_verses', 'qa_items', 'mc_items',
-           'task_items', 'scenario_label', 'scenario_prompts', 'fit_context', 'parse_number', 'parse_choice',
-           'answer_correct', 'score_responses', 'failure_modes', 'run_scenarios', 'load_mgsm', 'load_xquad',
-           'load_mmlu_prox']
+__all__ = ['TASK_LANGUAGES', 'LANGUAGE_NAMES_IN', 'INSTRUCTIONS', 'ANSWER_SENTENCES', 'STEP_BY_STEP', 'ARITHMETIC_TEMPLATES',
+           'NAMES', 'QA_QUESTIONS', 'MC_QUESTIONS', 'LETTERS', 'SCENARIOS', 'OUTCOMES', 'MGSM_LANGUAGES',
+           'XQUAD_LANGUAGES', 'MMLU_PROX_LANGUAGES', 'instruction_text', 'answer_sentence', 'has_chat_format',
+           'model_prompt', 'name_pattern', 'any_language_pattern', 'arithmetic_items', 'name_verses', 'qa_items',
+           'mc_items', 'task_items', 'scenario_label', 'scenario_prompts', 'fit_context', 'parse_number',
+           'parse_choice', 'answer_correct', 'score_responses', 'failure_modes', 'run_scenarios', 'load_mgsm',
+           'load_xquad', 'load_mmlu_prox']
 
 # %% ../nbs/11_tasks.ipynb 5
 TASK_LANGUAGES = STUDY_LANGUAGES + SCRIPT_LANGUAGES   # en fr de es it pt ru zh ja
@@ -39,6 +39,9 @@ INSTRUCTIONS = {'en': 'Answer in {L}:', 'fr': 'Réponds en {L} :', 'de': 'Antwor
                 'it': 'Rispondi in {L}:', 'pt': 'Responda em {L}:', 'ru': 'Ответь {L}:', 'zh': '请用{L}回答：', 'ja': '{L}で答えてください：'}
 ANSWER_SENTENCES = {'en': 'The answer is {a}.', 'fr': 'La réponse est {a}.', 'de': 'Die Antwort ist {a}.', 'es': 'La respuesta es {a}.',
                     'it': 'La risposta è {a}.', 'pt': 'A resposta é {a}.', 'ru': 'Ответ: {a}.', 'zh': '答案是{a}。', 'ja': '答えは{a}です。'}
+STEP_BY_STEP = {'en': "Let's think step by step.", 'fr': 'Réfléchissons étape par étape.', 'de': 'Denken wir Schritt für Schritt.',
+                'es': 'Pensemos paso a paso.', 'it': 'Pensiamo passo dopo passo.', 'pt': 'Vamos pensar passo a passo.',
+                'ru': 'Давайте подумаем шаг за шагом.', 'zh': '让我们一步一步地思考。', 'ja': '一歩ずつ考えてみましょう。'}
 
 def _check_task_languages(languages) -> list[str]:
     langs = parse_languages(languages)
@@ -282,7 +285,9 @@ def scenario_label(instr: str, content: str) -> str:
 def scenario_prompts(model: LoadedModel | None, # formats the prompts (None: the raw user turn)
                      items: pd.DataFrame, # from `task_items` (must hold English and the targets)
                      targets: list[str], # answer languages (English is skipped)
-                     scenarios=SCENARIOS) -> pd.DataFrame:
+                     scenarios=SCENARIOS,
+                     step_by_step: bool = False, # end the user turn with the step-by-step request (`STEP_BY_STEP`, instruction language)
+                    ) -> pd.DataFrame:
     "One row per item x target x scenario: the prompt and everything needed to score its answer."
     targets = [t for t in _check_task_languages(targets) if t != 'en']
     if not targets: raise MultilingError("no target language other than English: the four scenarios need one")
@@ -297,10 +302,11 @@ def scenario_prompts(model: LoadedModel | None, # formats the prompts (None: the
                 il = t if instr == 'target' else instr; cl = t if content == 'target' else content
                 r = by.loc[(item_id, cl)]; gold_t = by.loc[(item_id, t)]
                 user = instruction_text(il, t, r.content)
+                if step_by_step: user += '\n' + STEP_BY_STEP[il]
                 rows.append(dict(item_id=item_id, task=r.task, kind=r.kind, target=t, instr_lang=il, content_lang=cl,
                                  scenario=scenario_label(instr, content), prompt=model_prompt(model, user) if model is not None else user,
                                  gold=r.gold, gold_text=gold_t.gold_text, answer_pattern=r.answer_pattern,
-                                 distractor_pattern=r.distractor_pattern))
+                                 distractor_pattern=r.distractor_pattern, prompting='step-by-step' if step_by_step else 'direct'))
     return pd.DataFrame(rows)
 
 def fit_context(model: LoadedModel, # its context length decides
@@ -386,12 +392,15 @@ def failure_modes(scored: pd.DataFrame, # from `score_responses`
 def run_scenarios(model: LoadedModel, # the model answering
                   prompts: pd.DataFrame, # from `scenario_prompts` (and `fit_context`)
                   max_new_tokens: int = 32, batch_size: int = 16, progress: bool = False,
-                  detector_languages=TASK_LANGUAGES) -> pd.DataFrame:
+                  detector_languages=TASK_LANGUAGES,
+                  interventions=None, # None, one `Intervention` for all prompts, or one per prompt (in the table's order)
+                 ) -> pd.DataFrame:
     "Greedy answers (`interventions.generate`) to every prompt, scored."
     from multiling.interventions import generate
     if prompts.empty: raise MultilingError("no prompt to run: every item was too long for the model's context (raise the context or lower max_chars)")
     out = prompts.copy()
-    out['response'] = generate(model, out.prompt.tolist(), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    out['response'] = generate(model, out.prompt.tolist(), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                               interventions=interventions)
     return score_responses(out, detector_languages)
 
 # %% ../nbs/11_tasks.ipynb 32

@@ -115,3 +115,60 @@ def test_top_and_random_heads(model):
     r = R.random_heads(model, 4, seed=1)
     assert len(set(r)) == 4 and r == R.random_heads(model, 4, seed=1)
     with pytest.raises(MultilingError): R.random_heads(model, 100, seed=0)
+
+
+def test_masking_sweep_tasks_equals_clean_generation(model):
+    "On a task table: the clean condition is the clean generation; a masked condition equals its own separate run."
+    from multiling import tasks as T
+    from multiling.interventions import generate, ablate_heads
+    tp = T.fit_context(model, T.scenario_prompts(model, T.task_items('en,fr', 1, tasks=('arithmetic',)), ['fr'],
+                                                 scenarios=(('target', 'target'), ('target', 'en'))), 3)
+    sets = {'none': [], 'two': [(0, 1), (1, 3)]}
+    r = R.masking_sweep(model, tp, sets, max_new_tokens=3, batch_size=3)
+    assert len(r) == 2 * len(tp) and r.run.tolist() == list(range(len(tp))) * 2
+    assert r[r.condition == 'none'].response.tolist() == generate(model, tp.prompt.tolist(), max_new_tokens=3)
+    assert r[r.condition == 'two'].response.tolist() == generate(model, tp.prompt.tolist(), ablate_heads(*sets['two']), max_new_tokens=3)
+    assert r.groupby('condition').n_masked.first().to_dict() == {'none': 0, 'two': 2}
+
+
+def fake_generate(answers):
+    "A stand-in for `interventions.generate`: row i answers `answers(prompt, heads)`, so that the scores are known."
+    def gen(model, prompts, interventions=None, **kw):
+        ivs = interventions if isinstance(interventions, list) else [interventions] * len(prompts)
+        return [answers(p, tuple(iv.heads) if iv is not None else ()) for p, iv in zip(prompts, ivs)]
+    return gen
+
+
+def test_masking_sweep_accuracy_is_a_hand_count(model, corpus, monkeypatch):
+    "Per-row wiring: each (prompt, condition) row is scored on its own answer; a condition's accuracy equals a hand count."
+    import multiling.interventions as I
+    from multiling import tasks as T
+    items = T.task_items('en,fr', 3, tasks=('arithmetic', 'qa'))
+    tp = T.scenario_prompts(None, items, ['fr'], scenarios=(('target', 'target'), ('target', 'en')))
+    gold = dict(zip(tp.prompt, tp.gold_text))
+    rank = {p: i for i, p in enumerate(tp.prompt)}
+    # clean: right on even prompts; L0H0 masked: right on prompts divisible by 3; any other mask: never right
+    def answers(prompt, heads):
+        ok = rank[prompt] % 2 == 0 if not heads else rank[prompt] % 3 == 0 if heads == ((0, 0),) else False
+        return f' {gold[prompt]}.' if ok else ' nothing'
+    monkeypatch.setattr(I, 'generate', fake_generate(answers))
+    r = R.masking_sweep(model, tp, {'none': [], 'h00': [(0, 0)], 'h11': [(1, 1)]})
+    n = len(tp)
+    acc = r.groupby('condition').correct.mean()
+    assert acc['none'] == sum(i % 2 == 0 for i in range(n)) / n
+    assert acc['h00'] == sum(i % 3 == 0 for i in range(n)) / n and acc['h11'] == 0
+    c = R.masking_contrast(r, 'h00', 'none')
+    assert c['diff'].item() == pytest.approx(acc['h00'] - acc['none']) and c.n.item() == n
+    # the needle path goes through the same loop
+    ps = R.build_needle_prompts(model, corpus, 'en', lengths=(30,), depths=(0.1, 0.5, 0.9))
+    by_text = {p.text: p for p in ps}
+    monkeypatch.setattr(R, 'generate', fake_generate(lambda t, h: by_text[t].answer if not h else ' no'))
+    r = R.masking_sweep(model, ps, {'none': [], 'h00': [(0, 0)]}, logprob=False)
+    assert r.groupby('condition').correct.mean().to_dict() == {'h00': 0.0, 'none': 1.0}
+
+
+def test_masking_bad_input(model):
+    with pytest.raises(MultilingError): R.masking_sweep(model, [], {'none': []})
+    with pytest.raises(MultilingError): R.masking_sweep(model, ['not a prompt'], {'none': []})
+    runs = pd.DataFrame(dict(run=[0, 1], condition=['a', 'a'], correct=[1, 0]))
+    with pytest.raises(MultilingError): R.masking_contrast(runs, 'a', 'b')
