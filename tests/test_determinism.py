@@ -151,3 +151,38 @@ def test_logit_lens_tables_are_byte_identical(tmp_path):
     """
     a, b = run_twice(code, tmp_path)
     assert_same_bytes(a, b, min_tables=3)
+
+
+def test_neuron_selection_tables_are_byte_identical(tmp_path):
+    # the neuron chapter: activations of every linear unit, AP and LAPE selections, and a seeded sampled generation
+    # under forcing; on a tiny model built in each process from the same seed
+    code = """
+        import sys
+        import pandas as pd
+        from multiling.core import set_seed, provenance, save_table
+        from multiling.models import tiny_model
+        from multiling.data import load_prompts
+        from multiling.interventions import generate
+        from multiling import neurons as N
+        out = sys.argv[1]
+        set_seed(0)
+        m = tiny_model('gpt2', seed=0)
+        langs = ['en', 'fr', 'ru']
+        wide = load_prompts(languages=langs, n=8)
+        texts = [t for l in langs for t in wide[l]]; lang_of = [l for l in langs for _ in wide[l]]
+        acts = N.collect_unit_activations(m, texts, lang_of)
+        units = N.unit_table(m)
+        ap, used = N.ap_scores(acts, langs, n_pos=6, n_neg=12, seed=0)
+        medians = N.median_activations(acts, langs)
+        sel_ap = N.select_ap(ap, langs, units, n_top=10, values=medians)
+        sel_lape = N.select_lape(N.activation_probability(acts, langs), langs, units, n=10, values=medians)
+        iv = N.neurons_intervention(sel_ap, 'fr')
+        gens = generate(m, ['The', 'Le'], iv, max_new_tokens=5, do_sample=True, seed=[1, 2])
+        prov = provenance('tiny-gpt2', {'seed': 0}, notebook='tests/test_determinism.py', weights_hash=m.weights_hash, seed=0)
+        save_table(sel_ap, 'neurons_ap', out, prov)
+        save_table(sel_lape, 'neurons_lape', out, prov)
+        save_table(pd.DataFrame({'ap': ap.flatten().tolist()}), 'neurons_ap_scores', out, prov, fmt='parquet')
+        save_table(pd.DataFrame({'text': gens}), 'neurons_forced_samples', out, prov)
+    """
+    a, b = run_twice(code, tmp_path)
+    assert_same_bytes(a, b, min_tables=4)
