@@ -13,7 +13,7 @@ import numpy as np
 __all__ = ['REPO_ROOT', 'DATA_DIR', 'RESULTS_DIR', 'MODELS_DIR', 'CORPUS_DIR', 'PROMPTS_DIR', 'FIGURES_DIR', 'STUDY_LANGUAGES',
            'SCRIPT_LANGUAGES', 'EXTRA_LANGUAGES', 'ALL_LANGUAGES', 'LANGUAGE_NAMES', 'SCRIPT_OF', 'MultilingError',
            'parse_languages', 'check_param', 'set_seed', 'git_commit', 'file_hash', 'tensor_hash', 'provenance',
-           'atomic_path', 'write_json', 'save_table', 'load_table', 'save_figure', 'output_dirs']
+           'atomic_path', 'write_json', 'checkpoint_dir', 'save_table', 'load_table', 'save_figure', 'output_dirs']
 
 # %% ../nbs/00_core.ipynb 4
 def _find_root() -> Path:
@@ -159,7 +159,21 @@ def write_json(obj, path: str | Path):
     "Write JSON atomically."
     with atomic_path(path) as tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str, ensure_ascii=False) + '\n', encoding='utf-8')
 
-# %% ../nbs/00_core.ipynb 25
+def checkpoint_dir(path: str | Path, # the sweep's checkpoint folder
+                   key: dict, # everything that defines the sweep (model, weights hash, settings, inputs)
+                   resume: bool = True, # keep the shards already there (False: delete them)
+                   what: str = 'sweep') -> Path:
+    "Create a checkpoint folder for `key`; refuse one that holds another sweep's shards, unless `resume=False` clears it."
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    kf = path / 'sweep_key.json'
+    if resume and kf.exists() and json.loads(kf.read_text()) != json.loads(json.dumps(key, default=str)):
+        raise MultilingError(f"{path} holds a {what} with other settings ({kf}); use another out_dir or resume=False")
+    if not resume:
+        for f in path.glob('shard_*.parquet'): f.unlink()
+    kf.write_text(json.dumps(key, default=str))
+    return path
+
+# %% ../nbs/00_core.ipynb 26
 def save_table(df, # a tidy pandas DataFrame
                stem: str, # file name without extension, e.g. 'liha_switch_rates'
                out_dir: str | Path, # folder: the notebook's `out_dir` parameter
@@ -185,7 +199,7 @@ def load_table(path: str | Path):
     if not path.exists(): raise MultilingError(f"no table at {path}: run the notebook that writes it first")
     return pd.read_parquet(path) if path.suffix == '.parquet' else pd.read_csv(path)
 
-# %% ../nbs/00_core.ipynb 28
+# %% ../nbs/00_core.ipynb 29
 def save_figure(fig, # a matplotlib Figure
                 stem: str, # same stem as the table it plots
                 out_dir: str | Path, # folder: the notebook's `fig_dir` parameter
@@ -201,7 +215,7 @@ def save_figure(fig, # a matplotlib Figure
     write_json({**(prov or {}), 'figure': stem, 'files': [p.name for p in paths]}, Path(out_dir) / f'{stem}.meta.json')
     return paths
 
-# %% ../nbs/00_core.ipynb 31
+# %% ../nbs/00_core.ipynb 32
 def output_dirs(out_dir: str | Path | None = None, fig_dir: str | Path | None = None) -> tuple[Path, Path]:
     "Resolve (and create) the results and figures folders; relative paths are taken from the repository root."
     out = Path(out_dir) if out_dir else RESULTS_DIR

@@ -8,7 +8,7 @@ import argparse, json, sys, time
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np, pandas as pd
-from .core import (MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languages, check_param, atomic_path)
+from .core import (MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languages, check_param, atomic_path, checkpoint_dir)
 from . import stats
 
 # %% auto 0
@@ -126,12 +126,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
         ckpt.mkdir(parents=True, exist_ok=True)
         key = dict(model=model.name, weights=model.weights_hash, languages=languages, n_prompts=len(rows), max_new_tokens=max_new_tokens, decide_chars=decide_chars,
                    prompts=pd.util.hash_pandas_object(rows, index=False).sum().item())
-        kf = ckpt / 'sweep_key.json'
-        if resume and kf.exists() and json.loads(kf.read_text()) != key:
-            raise MultilingError(f"{ckpt} holds a sweep with other settings ({kf}); use another out_dir or resume=False")
-        if not resume:
-            for f in ckpt.glob('shard_*.parquet'): f.unlink()
-        kf.write_text(json.dumps(key))
+        checkpoint_dir(ckpt, key, resume)
     texts = rows['prompt'].tolist()
 
     def shard(name, fn):

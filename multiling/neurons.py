@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import LANGUAGE_NAMES, MultilingError, atomic_path, check_param
+from .core import LANGUAGE_NAMES, MultilingError, atomic_path, check_param, checkpoint_dir
 from .models import LoadedModel, linear_shape
 from .interventions import Batch, Intervention, UnitForce, forward, generate, positions_from_mask
 
@@ -448,12 +448,7 @@ def run_tampering(model: LoadedModel,
                    values=hashlib.sha256(values.float().cpu().numpy().tobytes()).hexdigest()[:16],
                    prompts=hashlib.sha256(json.dumps({l: p.prompt.tolist() + p.sample_seed.astype(str).tolist() for l, p in prompts.items()},
                                                      sort_keys=True).encode()).hexdigest()[:16])
-        kf = ckpt / 'sweep_key.json'
-        if resume and kf.exists() and json.loads(kf.read_text()) != key:
-            raise MultilingError(f"{ckpt} holds a tampering sweep with other settings ({kf}); use another out_dir or resume=False")
-        if not resume:
-            for f in ckpt.glob('shard_*.parquet'): f.unlink()
-        kf.write_text(json.dumps(key))
+        checkpoint_dir(ckpt, key, resume, what='tampering sweep')
     parts = []
     for li, lang in enumerate(tqdm(languages, disable=not progress, desc='tampering')):
         path = ckpt / f'shard_{lang}.parquet' if ckpt is not None else None
