@@ -149,6 +149,12 @@ def negative_sample(language: np.ndarray, # language of each sentence
     interleaved = [p[r] for r in range(longest) for p in pools if r < len(p)]
     return np.asarray(interleaved[:n_neg], dtype=int)
 
+def _language_rows(acts: UnitActivations, lang: str):
+    "Indices of `lang`'s sentences in `acts`; a clear error when there are none."
+    idx = acts.rows(lang)
+    if len(idx) == 0: raise MultilingError(f"no sentence in {lang!r} among the activations (languages: {acts.languages})")
+    return idx
+
 def ap_scores(acts: UnitActivations,
               languages: list[str], # the languages to score (each needs sentences in `acts`)
               n_pos: int | None = None, # positives per language (None: all its sentences)
@@ -157,8 +163,7 @@ def ap_scores(acts: UnitActivations,
     "AP of every unit for every language, [n_languages, n_units], and the positives/negatives used per language."
     scores, used = [], []
     for lang in languages:
-        pos = acts.rows(lang)
-        if len(pos) == 0: raise MultilingError(f"no sentence in {lang!r} among the activations (languages: {acts.languages})")
+        pos = _language_rows(acts, lang)
         pos = pos[:n_pos] if n_pos else pos
         neg = negative_sample(acts.language, lang, n_neg if n_neg else len(acts.language), seed)
         if len(neg) == 0: raise MultilingError(f"no negative sentence for {lang!r}: scoring needs at least two languages")
@@ -210,8 +215,7 @@ def activation_probability(acts: UnitActivations, languages: list[str]) -> torch
     "p(l, u): share of all tokens of language l's sentences where unit u is positive, [n_languages, n_units]."
     rows = []
     for lang in languages:
-        idx = acts.rows(lang)
-        if len(idx) == 0: raise MultilingError(f"no sentence in {lang!r} among the activations (languages: {acts.languages})")
+        idx = _language_rows(acts, lang)
         w = acts.n_tokens[idx]
         rows.append((acts.active[idx].float() * w[:, None]).sum(0) / w.sum())
     return torch.stack(rows)
@@ -332,8 +336,7 @@ def median_activations(acts: UnitActivations, languages: list[str]) -> torch.Ten
     "Median over each language's sentences of every unit's mean-pooled activation (mean of the two middle values for an even count), [n_languages, n_units]."
     rows = []
     for lang in languages:
-        idx = acts.rows(lang)
-        if len(idx) == 0: raise MultilingError(f"no sentence in {lang!r} among the activations")
+        idx = _language_rows(acts, lang)
         v = acts.mean[idx].sort(0).values; n = len(idx)
         rows.append((v[(n - 1) // 2] + v[n // 2]) / 2)
     return torch.stack(rows)

@@ -165,10 +165,6 @@ def _liha_task(spec: str, device: str, dtype: str, max_new_tokens: int, language
     from multiling.core import set_seed
     set_seed(0)
     model = _cached_model(spec, device, dtype)
-    try: from multiling import liha
-    except ImportError: liha = None
-    hook = getattr(liha, 'pair_outcomes', None)
-    if hook is not None: return hook(model, heads, prompts, max_new_tokens=max_new_tokens, languages=list(languages))
     return _pair_outcomes(model, heads, prompts, max_new_tokens, list(languages))
 
 LIHA_KEYS = ['layer', 'head', 'id', 'lang']
