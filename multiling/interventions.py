@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 import torch
-from .core import MultilingError
+from .core import MultilingError, check_param
 from .models import LoadedModel, load_model, linear_shape
 
 # %% auto 0
 __all__ = ['UnitForce', 'Steer', 'Intervention', 'ablate_heads', 'module_events', 'Batch', 'positions_from_mask', 'encode',
-           'forward', 'head_means', 'generate']
+           'forward', 'head_means', 'Generation', 'generate']
 
 # %% ../nbs/04_interventions.ipynb 5
 @dataclass(frozen=True)
@@ -91,11 +91,15 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 def encode(model: LoadedModel, texts: Sequence[str], # prompts
            add_bos: bool | None = None, # None: the tokenizer's default; True: make sure a BOS token leads; False: none
-           max_length: int | None = None) -> Batch:
-    "Tokenize `texts` into a left-padded `Batch` on the model's device."
+           max_length: int | None = None, # keep only the last this many prompt tokens
+           suffix_ids: Sequence[Sequence[int]] | None = None, # per prompt, token ids appended after it (e.g. a continuation)
+          ) -> Batch:
+    "Tokenize `texts` (each followed by its `suffix_ids`) into a left-padded `Batch` on the model's device."
     if isinstance(texts, str): texts = [texts]
     tok = model.tokenizer
     if not texts: raise MultilingError("no prompts to encode")
+    if suffix_ids is not None and len(suffix_ids) != len(texts):
+        raise MultilingError(f"got {len(suffix_ids)} suffixes for {len(texts)} prompts: give one list of token ids per prompt")
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip(): raise MultilingError(f"prompt {i} is empty: every prompt needs text")
     bos = tok.bos_token_id
@@ -107,6 +111,7 @@ def encode(model: LoadedModel, texts: Sequence[str], # prompts
             if bos is None: raise MultilingError("add_bos=True but the tokenizer has no BOS token")
             ids = [bos] + ids
         if max_length: ids = ids[-max_length:]
+        if suffix_ids is not None: ids = ids + [int(t) for t in suffix_ids[len(rows)]]
         rows.append(ids)
     width = max(map(len, rows)); pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
@@ -184,12 +189,13 @@ def _save_actions(model: LoadedModel, save: Sequence[str], layers) -> list[tuple
 def _first(x): return x[0] if isinstance(x, tuple) else x
 
 def _run_trace(model: LoadedModel, batch: Batch, actions: list[tuple], past_key_values=None,
-               attentions: bool = False, use_cache: bool = False):
-    "One forward pass under nnsight with `actions` applied in execution order."
+               attentions: bool = False, use_cache: bool = False, last: int | None = None):
+    "One forward pass under nnsight with `actions` applied in execution order (logits of the `last` positions only if given)."
     nn, a = model.nn, model.adapter
     saved = {}
     kw = dict(attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=use_cache)
     if past_key_values is not None: kw['past_key_values'] = past_key_values
+    if last is not None: kw['logits_to_keep'] = int(last)  # transformers' causal LMs then unembed only those positions
     if attentions: kw['output_attentions'] = True
     with torch.inference_mode(False), torch.no_grad():
         with nn.trace(batch.input_ids, **kw):
@@ -229,14 +235,17 @@ def forward(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model
             save: Sequence[str] = (), # activation names to return (see the table above)
             layers: Sequence[int] | None = None, # layers to save (default all)
             attentions: bool = False, # also return attention patterns
-            add_bos: bool | None = None) -> dict:
+            add_bos: bool | None = None,
+            last: int | None = None, # logits of the last this many positions only (None: all); saves the unembedding elsewhere
+           ) -> dict:
     "Run the model once with per-row interventions; return `logits` and the saved activations."
     model = load_model(model)
     batch = inputs if isinstance(inputs, Batch) else encode(model, inputs, add_bos=add_bos)
     layers = list(range(model.adapter.n_layers)) if layers is None else [int(l) for l in layers]
     for l in layers: model.adapter.check_layer(l)
     rows = _rows(interventions, len(batch))
-    out, saved = _run_trace(model, batch, _plan(model, rows) + _save_actions(model, save, layers), attentions=attentions)
+    if last is not None: last = check_param('last', last, int, min_value=1)
+    out, saved = _run_trace(model, batch, _plan(model, rows) + _save_actions(model, save, layers), attentions=attentions, last=last)
     res = {'logits': out.logits, 'batch': batch}
     for what in save:
         vals = [saved[(what, l)] for l in layers]
@@ -281,21 +290,45 @@ def _sample_next(logits: torch.Tensor, # [b, vocab] logits of the last position
     probs = torch.softmax(x, -1)
     return torch.stack([torch.multinomial(probs[j], 1, generator=g)[0] for j, g in enumerate(gens)])
 
+@dataclass
+class Generation:
+    "Continuations with their token ids: what `generate(..., return_ids=True)` returns."
+    texts: list[str]       # decoded continuations (text after the prompt)
+    ids: list[list[int]]   # their token ids (a prefix given to `generate` included; the EOS that ended a row not)
+    eos: list[bool]        # True where the row ended because the model produced EOS
+
+def _prefixes(prefix_ids, n: int) -> list[list[int]]:
+    if prefix_ids is None: return [[] for _ in range(n)]
+    if len(prefix_ids) != n: raise MultilingError(f"got {len(prefix_ids)} prefixes for {n} prompts: give one list of token ids per prompt")
+    try: return [[int(t) for t in p] for p in prefix_ids]
+    except (TypeError, ValueError): raise MultilingError("prefix_ids must be one list of integer token ids per prompt") from None
+
+def _stopped(stop, stop_every: int, counts: list[int], texts_of: Callable) -> list[bool]:
+    "Rows whose step count is a multiple of `stop_every` are asked (all of them at once); the others go on."
+    due = [j for j, c in enumerate(counts) if c > 0 and c % stop_every == 0]
+    out = [False] * len(counts)
+    if stop is None or not due: return out
+    for j, s in zip(due, stop([texts_of(j) for j in due])): out[j] = bool(s)
+    return out
+
 def generate(model: LoadedModel | str, # a LoadedModel or a spec
              prompts: Sequence[str], # the prompts
              interventions=None, # None, one `Intervention` for all, or one per prompt
-             max_new_tokens: int = 20,
+             max_new_tokens: int = 20, # tokens generated at most per row (a prefix counts)
              batch_size: int = 32, # rows per forward pass
              add_bos: bool | None = None, # see `encode`
              stop: Callable[[list[str]], list[bool]] | None = None, # given decoded continuations so far, True = that row is done
-             stop_every: int = 4, # call `stop` every this many steps
+             stop_every: int = 4, # ask `stop` when a row has generated a multiple of this many tokens
              stop_at_eos: bool = True,
              progress: bool = False,
              do_sample: bool = False, # False: greedy (argmax); True: sample from the softmax
              temperature: float = 1.0, # sampling temperature (> 0)
              top_k: int | None = None, # sample only among the `top_k` most likely tokens (None: all)
              seed: int | Sequence[int] | None = None, # sampling seed: one int for all rows, or one per prompt
-            ) -> list[str]:
+             prefix_ids: Sequence[Sequence[int]] | None = None, # per prompt, tokens already generated after it: resumed from,
+                                                               # counted as results and as steps (`max_new_tokens`, `stop`)
+             return_ids: bool = False, # return a `Generation` (texts, token ids, ended at EOS) instead of the texts
+            ) -> list[str] | Generation:
     "Continuations (text after the prompt) of `prompts`, greedy or sampled, each under its own intervention."
     from tqdm.auto import tqdm
     model = load_model(model)
@@ -307,33 +340,42 @@ def generate(model: LoadedModel | str, # a LoadedModel or a spec
         if top_k is not None and int(top_k) < 1: raise MultilingError(f"top_k must be >= 1 or None, got {top_k}")
         row_seeds = _row_seeds(seed, len(prompts))
     tok = model.tokenizer; eos = tok.eos_token_id
-    results: list[list[int]] = [[] for _ in prompts]
+    results = _prefixes(prefix_ids, len(prompts)); ended_eos = [False] * len(prompts)
+    text_of = lambda r: tok.decode(results[r], skip_special_tokens=True)
+    # a prefix is taken as generated: a row whose prefix already reaches `max_new_tokens` or satisfies `stop` is done
+    todo = [r for r in range(len(prompts)) if len(results[r]) < max_new_tokens]
+    asked = _stopped(stop, stop_every, [len(results[r]) for r in todo], lambda j: text_of(todo[j]))
+    todo = [r for r, s in zip(todo, asked) if not s]
     # sort by length so that rows of a batch need little padding; results go back to the input order
-    order = sorted(range(len(prompts)), key=lambda i: len(tok(prompts[i], add_special_tokens=False).input_ids))
+    order = sorted(todo, key=lambda i: len(tok(prompts[i], add_special_tokens=False).input_ids) + len(results[i]))
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in tqdm(chunks, disable=not progress, desc='generate'):
-        batch = encode(model, [prompts[i] for i in chunk], add_bos=add_bos)
+        batch = encode(model, [prompts[i] for i in chunk], add_bos=add_bos,
+                       suffix_ids=[results[i] for i in chunk] if prefix_ids is not None else None)
         actions = _plan(model, [rows[i] for i in chunk])
         active = torch.arange(len(chunk), device=model.device)
+        counts = [len(results[i]) for i in chunk]   # tokens generated so far, per active row
         gens = [torch.Generator(device=model.device).manual_seed(row_seeds[i]) for i in chunk] if do_sample else None
         out, _ = _run_trace(model, batch, actions, use_cache=True)
         cache, mask, pos = out.past_key_values, batch.attention_mask, batch.position_ids[:, -1:]
-        for step in range(max_new_tokens):
+        while True:
             nxt = _sample_next(out.logits[:, -1], [gens[int(i)] for i in active], temperature, top_k) if do_sample else out.logits[:, -1].argmax(-1)
             done = torch.zeros(len(active), dtype=torch.bool, device=model.device)
             for j, t in enumerate(nxt.tolist()):
                 r = chunk[int(active[j])]
-                if stop_at_eos and t == eos: done[j] = True
+                if stop_at_eos and t == eos: done[j] = True; ended_eos[r] = True
                 else: results[r].append(t)
-            if stop is not None and (step + 1) % stop_every == 0:
-                texts = [tok.decode(results[chunk[int(i)]], skip_special_tokens=True) for i in active]
-                done |= torch.tensor(stop(texts), dtype=torch.bool, device=model.device)
-            if step == max_new_tokens - 1 or bool(done.all()): break
+            counts = [c + 1 for c in counts]
+            done |= torch.tensor(_stopped(stop, stop_every, counts, lambda j: text_of(chunk[int(active[j])])), dtype=torch.bool, device=model.device)
+            done |= torch.tensor([c >= max_new_tokens for c in counts], dtype=torch.bool, device=model.device)
+            if bool(done.all()): break
             if bool(done.any()):
                 keep = (~done).nonzero().squeeze(-1)
                 active, nxt, mask, pos = active[keep], nxt[keep], mask[keep], pos[keep]
+                counts = [counts[int(j)] for j in keep]
                 cache = _select_cache(cache, keep); actions = _select_plan(actions, keep)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1); pos = pos + 1
             out, _ = _run_trace(model, Batch(nxt[:, None], mask, pos), actions, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
-    return [tok.decode(r, skip_special_tokens=True) for r in results]
+    texts = [tok.decode(r, skip_special_tokens=True) for r in results]
+    return Generation(texts, results, ended_eos) if return_ids else texts

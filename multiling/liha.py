@@ -12,10 +12,11 @@ from .core import (MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languag
 from . import stats
 
 # %% auto 0
-__all__ = ['STOP_MARGIN', 'COMPENSATION_METRICS', 'decision_text', 'decided', 'parse_heads', 'switch_rates', 'liha_generations',
-           'broadcasters', 'summarize', 'liha_table', 'liha_cli', 'language_token_weights', 'language_directions',
-           'norm_affine', 'norm_scale', 'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout',
-           'o_proj_heads', 'head_dla', 'compensation', 'compensation_layers']
+__all__ = ['STOP_MARGIN', 'METHODS', 'STOP_EVERY', 'COMPENSATION_METRICS', 'decision_text', 'decided', 'parse_heads',
+           'switch_rates', 'first_divergence', 'shortcut_generate', 'liha_generations', 'broadcasters', 'summarize',
+           'liha_table', 'liha_cli', 'language_token_weights', 'language_directions', 'norm_affine', 'norm_scale',
+           'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads', 'head_dla',
+           'compensation', 'compensation_layers']
 
 # %% ../nbs/08_liha.ipynb 4
 STOP_MARGIN = 8  # characters beyond `decide_chars` before a row may stop (see the decision rule)
@@ -72,13 +73,28 @@ def switch_rates(gens: pd.DataFrame, # one row per (layer, head, lang, prompt_id
     return out
 
 # %% ../nbs/08_liha.ipynb 10
-def _prompt_rows(prompts: pd.DataFrame, languages: list[str]) -> pd.DataFrame:
-    if not isinstance(prompts, pd.DataFrame) or 'id' not in prompts.columns:
+def _long_rows(prompts: pd.DataFrame, languages: list[str]) -> pd.DataFrame:
+    "A long prompt table (`id` or `prompt_id`, `lang`, `prompt`; e.g. a shard of `data.prompts_long`) as the sweep's rows."
+    long = prompts.rename(columns={'id': 'prompt_id'})
+    if 'prompt_id' not in long.columns: raise MultilingError("a long prompt table needs an `id` (or `prompt_id`) column")
+    other = sorted(set(long['lang']) - set(languages))
+    if other: raise MultilingError(f"prompts in {other}, which are not among the sweep's languages {languages}")
+    dup = long.duplicated(['prompt_id', 'lang'])
+    if dup.any(): raise MultilingError(f"duplicated prompts (id, lang): {long.loc[dup, ['prompt_id', 'lang']].values.tolist()[:5]}")
+    return long[['prompt_id', 'lang', 'prompt']]
+
+def _prompt_rows(prompts: pd.DataFrame, # wide (`id` + one column per language) or long (`id`, `lang`, `prompt`)
+                 languages: list[str]) -> pd.DataFrame:
+    "One row per (prompt_id, lang) with its prompt text, checked."
+    is_long = isinstance(prompts, pd.DataFrame) and {'lang', 'prompt'} <= set(prompts.columns)
+    if not is_long and (not isinstance(prompts, pd.DataFrame) or 'id' not in prompts.columns):
         raise MultilingError("prompts must be a wide table with `id` + one column per language (see data.load_prompts)")
     if len(prompts) == 0: raise MultilingError("the prompt set is empty: give at least one prompt")
-    missing = [l for l in languages if l not in prompts.columns]
-    if missing: raise MultilingError(f"the prompts have no column for {missing}")
-    long = prompts.melt(id_vars='id', value_vars=languages, var_name='lang', value_name='prompt').rename(columns={'id': 'prompt_id'})
+    if is_long: long = _long_rows(prompts, languages)
+    else:
+        missing = [l for l in languages if l not in prompts.columns]
+        if missing: raise MultilingError(f"the prompts have no column for {missing}")
+        long = prompts.melt(id_vars='id', value_vars=languages, var_name='lang', value_name='prompt').rename(columns={'id': 'prompt_id'})
     bad = long[~long['prompt'].map(lambda s: isinstance(s, str) and s.strip() != '')]
     if len(bad): raise MultilingError(f"empty or non-text prompts: {bad[['prompt_id', 'lang']].values.tolist()[:5]}")
     return long.reset_index(drop=True)
@@ -87,18 +103,69 @@ def _detector(languages):
     from multiling.langid import get_detector
     return get_detector(languages).detect_batch
 
-def _gen(model, prompts, interventions, method, max_new_tokens, batch_size, decide_chars):
+METHODS = ('fast', 'batched', 'naive')
+STOP_EVERY = 2  # the early-stop rule is asked every this many generated tokens
+
+def _gen(model, prompts, interventions, method, max_new_tokens, batch_size, decide_chars, **kw):
+    "Greedy continuations; all methods but 'naive' stop a row once its decision text is settled (`decided`)."
     from multiling.interventions import generate
-    stop = (lambda t: decided(t, decide_chars)) if method == 'fast' else None
-    return generate(model, prompts, interventions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop, stop_every=2)
+    stop = (lambda t: decided(t, decide_chars)) if method != 'naive' else None
+    return generate(model, prompts, interventions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
+                    stop_every=STOP_EVERY, **kw)
+
+def first_divergence(model, # a LoadedModel
+                     prompts: list[str], # one prompt per row
+                     interventions: list, # one `Intervention` per row
+                     clean_ids: list[list[int]], # per row, the clean greedy continuation's token ids
+                     clean_eos: list[bool], # per row, whether the clean continuation ended at EOS
+                     batch_size: int = 64, # rows per forward pass
+                    ) -> list[tuple[int, int] | None]:
+    "Per row, teacher-forced on the clean continuation: (k, token) where the argmax under the intervention first differs from it, or None."
+    import torch
+    from multiling.interventions import encode, forward
+    eos = model.tokenizer.eos_token_id
+    targets = [ids + [eos] if e else list(ids) for ids, e in zip(clean_ids, clean_eos)]  # what each position must predict
+    out = [None] * len(prompts)
+    order = sorted((r for r in range(len(prompts)) if targets[r]), key=lambda r: len(prompts[r]) + len(targets[r]))
+    for i in range(0, len(order), batch_size):
+        chunk = order[i:i + batch_size]
+        batch = encode(model, [prompts[r] for r in chunk], suffix_ids=[targets[r][:-1] for r in chunk])
+        width = max(len(targets[r]) for r in chunk)   # rows are right-aligned: their predictions are the last positions
+        with torch.no_grad():
+            pred = forward(model, batch, [interventions[r] for r in chunk], last=width)['logits'].argmax(-1).tolist()
+        for j, r in enumerate(chunk):
+            got = pred[j][width - len(targets[r]):]
+            k = next((k for k, (g, t) in enumerate(zip(got, targets[r])) if g != t), None)
+            if k is not None: out[r] = (k, got[k])
+    return out
+
+def shortcut_generate(model, # a LoadedModel
+                      prompts: list[str], # one prompt per row
+                      interventions: list, # one `Intervention` per row
+                      clean, # `interventions.Generation` of the clean model, one row per row of `prompts`
+                      max_new_tokens: int, decide_chars: int, batch_size: int = 64) -> list[str]:
+    "The 'batched' method's greedy continuations under `interventions`, generating only where they leave the clean ones."
+    eos = model.tokenizer.eos_token_id
+    texts = list(clean.texts); resume = []
+    for r, div in enumerate(first_divergence(model, prompts, interventions, clean.ids, clean.eos, batch_size)):
+        if div is None: continue   # the argmax follows the clean continuation everywhere: greedy decoding gives it
+        k, token = div
+        if token == eos: texts[r] = model.tokenizer.decode(clean.ids[r][:k], skip_special_tokens=True)
+        else: resume.append((r, clean.ids[r][:k] + [token]))
+    if resume:
+        rest = _gen(model, [prompts[r] for r, _ in resume], [interventions[r] for r, _ in resume], 'fast', max_new_tokens,
+                    batch_size, decide_chars, prefix_ids=[p for _, p in resume])
+        for (r, _), t in zip(resume, rest): texts[r] = t
+    return texts
 
 # %% ../nbs/08_liha.ipynb 11
 def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
-              prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`)
+              prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`), or long (`id`, `lang`, `prompt`)
               languages: str | list[str] = STUDY_LANGUAGES, # prompt languages (also the detector's answers)
               out_dir: str | Path | None = None, # checkpoint folder (one parquet per shard); None: no checkpoints
               heads=None, # 'L:H,...' or list of (L, H); None: all heads
-              method: str = 'fast', # 'fast' (many heads per batch, early stop) or 'naive' (one head per generate call)
+              method: str = 'fast', # 'fast' (batched + teacher-forced shortcut), 'batched' (many heads per batch, early
+                                    # stop) or 'naive' (one head per generate call): all give the same table
               max_new_tokens: int = 16, # tokens generated at most
               decide_chars: int = 48, # characters of the continuation the language decision uses
               batch_size: int = 64, # rows per forward pass
@@ -112,7 +179,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     from multiling.models import load_model
     from multiling.interventions import Intervention, ablate_heads
     languages = parse_languages(languages)
-    if method not in ('fast', 'naive'): raise MultilingError(f"method must be 'fast' or 'naive', got {method!r}")
+    if method not in METHODS: raise MultilingError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     max_new_tokens = check_param('max_new_tokens', max_new_tokens, int, min_value=1)
     decide_chars = check_param('decide_chars', decide_chars, int, min_value=1)
     batch_size = check_param('batch_size', batch_size, int, min_value=1)
@@ -138,14 +205,24 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
         if on_shard is not None: on_shard(name)
         return df
 
+    clean_memo = []
+    def clean_generation():   # token ids too: the shortcut teacher-forces them (run again if the clean shard was resumed)
+        if not clean_memo: clean_memo.append(_gen(model, texts, Intervention(), method, max_new_tokens, batch_size, decide_chars, return_ids=True))
+        return clean_memo[0]
+
     def clean():
-        out = [decision_text(t, decide_chars) for t in _gen(model, texts, Intervention(), method, max_new_tokens, batch_size, decide_chars)]
+        out = [decision_text(t, decide_chars) for t in clean_generation().texts]
         return rows.assign(clean_text=out, clean_lang=detect(out))[['prompt_id', 'lang', 'clean_text', 'clean_lang']]
 
     def layer_shard(hs):
         def fn():
             if method == 'naive':
                 outs = [_gen(model, texts, ablate_heads(h), method, max_new_tokens, batch_size, decide_chars) for h in hs]
+            elif method == 'fast':
+                g = clean_generation(); n = len(hs)
+                flat = shortcut_generate(model, texts * n, [ablate_heads(h) for h in hs for _ in texts],
+                                         type(g)(g.texts * n, g.ids * n, g.eos * n), max_new_tokens, decide_chars, batch_size)
+                outs = [flat[i * len(texts):(i + 1) * len(texts)] for i in range(n)]
             else:
                 flat = _gen(model, texts * len(hs), [ablate_heads(h) for h in hs for _ in texts], method, max_new_tokens, batch_size, decide_chars)
                 outs = [flat[i * len(texts):(i + 1) * len(texts)] for i in range(len(hs))]
@@ -213,7 +290,7 @@ def liha_cli(argv: list[str] | None = None):
     p.add_argument('--prompts', default=None); p.add_argument('--n-prompts', default=None)
     p.add_argument('--max-new-tokens', default='16'); p.add_argument('--decide-chars', default='48')
     p.add_argument('--out', required=True); p.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument('--method', default='fast', choices=['fast', 'naive']); p.add_argument('--heads', default=None)
+    p.add_argument('--method', default='fast', choices=list(METHODS)); p.add_argument('--heads', default=None)
     p.add_argument('--batch-size', default='64'); p.add_argument('--device', default='cpu'); p.add_argument('--dtype', default='auto')
     a = p.parse_args(argv)
     try:

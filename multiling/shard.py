@@ -146,47 +146,40 @@ def _cached_model(spec: str, device: str, dtype: str):
     from multiling.models import load_model
     return load_model(spec, device=device, dtype=dtype)
 
-def _pair_outcomes(model, heads, prompts, max_new_tokens: int, languages: list[str]) -> pd.DataFrame:
-    "One row per (head, prompt): continuation under that head's ablation ((-1, -1) = clean), detected language, switched."
-    from multiling.interventions import Intervention, ablate_heads, generate
-    from multiling.langid import get_detector
-    det = get_detector(languages)
-    ivs = [Intervention(label='clean') if tuple(h) == (-1, -1) else ablate_heads(tuple(h)) for h in heads]
-    rows = []
-    for p in prompts:
-        texts = generate(model, [p['prompt']] * len(heads), ivs, max_new_tokens=max_new_tokens, batch_size=len(heads))
-        for (l, h), text in zip(heads, texts):
-            lang = det.detect(text) if text.strip() else 'unknown'
-            rows.append(dict(layer=int(l), head=int(h), id=str(p['id']), lang=p['lang'], continuation=text,
-                             detected=lang, switched=bool(lang != p['lang'])))
-    return pd.DataFrame(rows)
-
-def _liha_task(spec: str, device: str, dtype: str, max_new_tokens: int, languages: tuple, heads, prompts) -> pd.DataFrame:
+def _liha_task(spec: str, device: str, dtype: str, max_new_tokens: int, decide_chars: int, batch_size: int,
+               languages: tuple, heads, prompts) -> pd.DataFrame:
+    "The LIHA generations table (`liha.liha_generations`) of `heads` x `prompts` (long records `id`, `lang`, `prompt`)."
     from multiling.core import set_seed
+    from multiling.liha import liha_generations
     set_seed(0)
     model = _cached_model(spec, device, dtype)
-    return _pair_outcomes(model, heads, prompts, max_new_tokens, list(languages))
+    return liha_generations(model, pd.DataFrame(prompts), list(languages), heads=[tuple(h) for h in heads],
+                            max_new_tokens=max_new_tokens, decide_chars=decide_chars, batch_size=batch_size)
 
-LIHA_KEYS = ['layer', 'head', 'id', 'lang']
+LIHA_KEYS = ['layer', 'head', 'lang', 'prompt_id']   # the order `liha_generations` sorts by
 
 def liha_sweep(model: str, # a spec for `load_model` (each worker loads it itself)
                languages: str | list[str] = 'en,fr,de,es,it,pt,ru', # prompt languages
                n_prompts: int = 20, # prompts per language (the first n of the prompt set)
                prompts_path: str | Path | None = None, # a prompt CSV; default: the committed set
-               max_new_tokens: int = 12,
+               max_new_tokens: int = 12, # tokens generated at most
+               decide_chars: int = 48, # characters of a continuation the language decision uses
+               batch_size: int = 64, # rows per forward pass inside a shard
                device: str = 'cpu', dtype: str = 'auto',
               ) -> tuple[Callable, list, list, list[str]]:
     "(task, heads, prompts, keys) of a LIHA sweep, for `run_shards` / `merge_shards(sort_by=keys)`."
     from multiling.core import parse_languages
     from multiling.data import load_prompts, prompts_long
-    from multiling.models import load_model
     langs = parse_languages(languages)
     n_prompts = check_param('n_prompts', n_prompts, int, 1)
     max_new_tokens = check_param('max_new_tokens', max_new_tokens, int, 1)
+    decide_chars = check_param('decide_chars', decide_chars, int, 1)
+    batch_size = check_param('batch_size', batch_size, int, 1)
     wide = load_prompts(prompts_path, languages=langs, n=n_prompts)
     prompts = prompts_long(wide).to_dict('records')
     m = _cached_model(str(model), device, dtype)
-    heads = [(-1, -1)] + list(m.adapter.heads)
-    task = functools.partial(_liha_task, str(model), device, dtype, max_new_tokens, tuple(langs))
-    task.settings = dict(model=str(model), weights=m.weights_hash, dtype=str(m.dtype), max_new_tokens=max_new_tokens, languages=langs)
+    heads = list(m.adapter.heads)
+    task = functools.partial(_liha_task, str(model), device, dtype, max_new_tokens, decide_chars, batch_size, tuple(langs))
+    task.settings = dict(model=str(model), weights=m.weights_hash, dtype=str(m.dtype), max_new_tokens=max_new_tokens,
+                         decide_chars=decide_chars, languages=langs)
     return task, heads, prompts, LIHA_KEYS

@@ -122,3 +122,47 @@ def test_compensation_dla_by_hand():
     assert got.mean_clean == pytest.approx(sum(vals[False]) / 6, rel=1e-4, abs=1e-7)
     assert got.mean_ablated == pytest.approx(sum(vals[True]) / 6, rel=1e-4, abs=1e-7)
     assert got.mean_clean != pytest.approx(got.mean_ablated, rel=1e-6)   # head 0:2 does feed head 1:0
+
+def _sharp_tiny_model():
+    "A tiny GPT-2 whose heads matter (attention weights x5), with a tokenizer whose EOS is the token it generates most."
+    import copy, torch
+    from collections import Counter
+    from multiling.models import tiny_model
+    from multiling.interventions import generate
+    m = tiny_model('gpt2')
+    with torch.no_grad():
+        for block in m.hf.transformer.h: block.attn.c_proj.weight.mul_(5); block.attn.c_attn.weight.mul_(5)
+    texts = pd.concat([PROMPTS.en, PROMPTS.fr]).tolist()
+    frequent = Counter(t for ids in generate(m, texts, max_new_tokens=8, return_ids=True).ids for t in ids).most_common(1)[0][0]
+    m.tokenizer = copy.deepcopy(m.tokenizer)   # the tiny tokenizer is shared (cached): change a copy
+    m.tokenizer.eos_token = m.tokenizer.convert_ids_to_tokens(frequent)
+    return m
+
+def test_teacher_forced_shortcut_equals_generation():
+    "The shortcut ('fast') gives the same table as generating every pair ('batched') and as one head at a time ('naive')."
+    from multiling.interventions import ablate_heads, Intervention
+    from multiling.liha import first_divergence, _gen, _prompt_rows
+    m = _sharp_tiny_model(); a = m.adapter
+    kw = dict(languages='en,fr', heads=None, max_new_tokens=8, decide_chars=12, detect=STUB)
+    # the case must hold both kinds of pairs: ablations that keep the clean continuation and ones that leave it,
+    # some of those at EOS, and clean continuations that end at EOS
+    texts = _prompt_rows(PROMPTS, ['en', 'fr'])['prompt'].tolist()
+    clean = _gen(m, texts, Intervention(), 'fast', 8, 64, 12, return_ids=True)
+    n = len(a.heads)
+    div = first_divergence(m, texts * n, [ablate_heads(h) for h in a.heads for _ in texts], clean.ids * n, clean.eos * n)
+    kept, left = sum(d is None for d in div), sum(d is not None for d in div)
+    assert kept >= 5 and left >= 5, (kept, left)
+    assert any(d is not None and d[1] == m.tokenizer.eos_token_id for d in div) and any(clean.eos) and not all(clean.eos)
+    fast = liha_generations(m, PROMPTS, method='fast', **kw)
+    batched = liha_generations(m, PROMPTS, method='batched', **kw)
+    naive = liha_generations(m, PROMPTS, method='naive', **kw)
+    pd.testing.assert_frame_equal(fast, batched)
+    pd.testing.assert_frame_equal(fast, naive)
+    assert (fast.ablated_text != fast.clean_text).sum() >= 5   # the ablations do change continuations
+
+def test_long_prompt_table_gives_the_same_rows(model):
+    from multiling.data import prompts_long
+    kw = dict(languages='en,fr', heads='0:1,1:0', max_new_tokens=4, decide_chars=6, detect=STUB)
+    wide = liha_generations(model, PROMPTS, **kw)
+    pd.testing.assert_frame_equal(liha_generations(model, prompts_long(PROMPTS), **kw), wide)
+    with pytest.raises(MultilingError, match='not among'): liha_generations(model, prompts_long(PROMPTS), **(kw | dict(languages='en')))

@@ -81,8 +81,17 @@ def test_liha_sweep_sharded_equals_unsharded(tmp_path):
     hf, tok = tiny_hf_model('gpt2'); hf.save_pretrained(model_dir); tok.save_pretrained(model_dir)
     task, heads, prompts, keys = shard.liha_sweep(str(model_dir), n_prompts=2, languages='en,fr', max_new_tokens=3)
     full = task(heads, prompts).sort_values(keys, kind='stable').reset_index(drop=True)
+    assert list(full.columns) == ['model', 'layer', 'head', 'lang', 'prompt_id', 'prompt', 'clean_text', 'ablated_text',
+                                  'clean_lang', 'ablated_lang'] and len(full) == len(heads) * len(prompts)
     run_shards(task, heads, prompts, tmp_path / 'out', 'liha', heads_per_shard=3, prompts_per_shard=2)
-    pd.testing.assert_frame_equal(merge_shards(tmp_path / 'out', 'liha', sort_by=keys), full)
+    merged = merge_shards(tmp_path / 'out', 'liha', sort_by=keys)
+    pd.testing.assert_frame_equal(merged, full)
+    # the sharded table is the LIHA engine's table (liha.liha_generations on the whole sweep)
+    from multiling.data import load_prompts
+    from multiling.liha import liha_generations
+    engine = liha_generations(shard._cached_model(str(model_dir), 'cpu', 'auto'), load_prompts(languages='en,fr', n=2),
+                              'en,fr', max_new_tokens=3)
+    pd.testing.assert_frame_equal(merged, engine)
 
 
 
