@@ -1,8 +1,8 @@
-"""Benchmark of the LIHA sweep: naive (one head per generate call), batched (many heads per batch, early stop) and
-fast (batched + the exact teacher-forced shortcut).
+"""Benchmark of the LIHA sweep: naive (one head per generate call), fast (many heads per batch, early stop) and
+shortcut (fast + the exact teacher-forced shortcut).
 
     python bench/liha_speed.py [--model organism-balanced-small] [--n-prompts 8] [--languages en,fr,de,es,it,pt,ru]
-                               [--max-new-tokens 16] [--device cpu] [--methods naive,batched,fast]
+                               [--max-new-tokens 16] [--device cpu] [--methods naive,fast,shortcut]
 
 Checks that all methods give identical generations and switch rates, prints the wall time of each, the speed-up
 over naive, the share of pairs the shortcut settles without generating, and the share of the machine's measured
@@ -41,7 +41,7 @@ def main():
     p.add_argument('--model', default='organism-balanced-small'); p.add_argument('--languages', default='en,fr,de,es,it,pt,ru')
     p.add_argument('--n-prompts', type=int, default=8); p.add_argument('--max-new-tokens', type=int, default=16)
     p.add_argument('--batch-size', type=int, default=64); p.add_argument('--device', default='cpu')
-    p.add_argument('--methods', default='naive,batched,fast')
+    p.add_argument('--methods', default='naive,fast,shortcut')
     a = p.parse_args()
     methods = a.methods.split(',')
     if 'naive' not in methods: raise SystemExit("liha_speed: error: --methods must include naive (the reference)")
@@ -78,7 +78,7 @@ def main():
     for k, r in res.items():
         same_gens, same_sr = r['gens'].equals(res['naive']['gens']), sr[k].equals(sr['naive'])
         ok &= same_sr
-        print(f"{k:7s}: {r['wall']:8.1f} s  tokens {r['tokens']:>9,d}  est. {r['tokens']*2*n_params/r['wall']/1e9:6.2f} GFLOP/s "
+        print(f"{k:8s}: {r['wall']:8.1f} s  tokens {r['tokens']:>9,d}  est. {r['tokens']*2*n_params/r['wall']/1e9:6.2f} GFLOP/s "
               f"= {100*r['share']:.1f}% of matmul peak  speed-up vs naive {res['naive']['wall']/r['wall']:.1f}x  "
               f"identical generations: {same_gens}; identical switch rates: {same_sr}")
     if settled['pairs']:

@@ -103,7 +103,7 @@ def _detector(languages):
     from multiling.langid import get_detector
     return get_detector(languages).detect_batch
 
-METHODS = ('fast', 'batched', 'naive')
+METHODS = ('fast', 'shortcut', 'naive')
 STOP_EVERY = 2  # the early-stop rule is asked every this many generated tokens
 
 def _gen(model, prompts, interventions, method, max_new_tokens, batch_size, decide_chars, **kw):
@@ -144,7 +144,7 @@ def shortcut_generate(model, # a LoadedModel
                       interventions: list, # one `Intervention` per row
                       clean, # `interventions.Generation` of the clean model, one row per row of `prompts`
                       max_new_tokens: int, decide_chars: int, batch_size: int = 64) -> list[str]:
-    "The 'batched' method's greedy continuations under `interventions`, generating only where they leave the clean ones."
+    "The 'fast' method's greedy continuations under `interventions`, generating only where they leave the clean ones."
     eos = model.tokenizer.eos_token_id
     texts = list(clean.texts); resume = []
     for r, div in enumerate(first_divergence(model, prompts, interventions, clean.ids, clean.eos, batch_size)):
@@ -164,8 +164,8 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
               languages: str | list[str] = STUDY_LANGUAGES, # prompt languages (also the detector's answers)
               out_dir: str | Path | None = None, # checkpoint folder (one parquet per shard); None: no checkpoints
               heads=None, # 'L:H,...' or list of (L, H); None: all heads
-              method: str = 'fast', # 'fast' (batched + teacher-forced shortcut), 'batched' (many heads per batch, early
-                                    # stop) or 'naive' (one head per generate call): all give the same table
+              method: str = 'fast', # 'fast' (many heads per batch, early stop), 'shortcut' (fast + teacher-forced
+                                    # shortcut) or 'naive' (one head per generate call): all give the same table
               max_new_tokens: int = 16, # tokens generated at most
               decide_chars: int = 48, # characters of the continuation the language decision uses
               batch_size: int = 64, # rows per forward pass
@@ -218,7 +218,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
         def fn():
             if method == 'naive':
                 outs = [_gen(model, texts, ablate_heads(h), method, max_new_tokens, batch_size, decide_chars) for h in hs]
-            elif method == 'fast':
+            elif method == 'shortcut':
                 g = clean_generation(); n = len(hs)
                 flat = shortcut_generate(model, texts * n, [ablate_heads(h) for h in hs for _ in texts],
                                          type(g)(g.texts * n, g.ids * n, g.eos * n), max_new_tokens, decide_chars, batch_size)
