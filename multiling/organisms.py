@@ -13,11 +13,11 @@ from .core import (MultilingError, MODELS_DIR, LANGUAGE_NAMES, atomic_path, writ
 from .langid import first_words
 
 # %% auto 0
-__all__ = ['MIXTURE_LANGUAGES', 'MIXTURES', 'EOS', 'USER', 'ASSISTANT', 'SIZES', 'TASKS', 'check_mixture', 'mixture_name',
-           'language_documents', 'mixture_text', 'train_tokenizer', 'check_size', 'organism_config', 'organism_dir',
-           'token_pools', 'lm_batch', 'train_organism', 'instruction', 'chat_prompt', 'instruct_example', 'chat_batch',
-           'train_instruct', 'train_cli', 'eval_verses', 'perplexity_by_language', 'detect_languages',
-           'language_fidelity', 'instruction_prompts', 'instruction_following']
+__all__ = ['MIXTURE_LANGUAGES', 'MIXTURES', 'EOS', 'USER', 'ASSISTANT', 'SIZES', 'PRECISIONS', 'TASKS', 'check_mixture',
+           'mixture_name', 'language_documents', 'mixture_text', 'train_tokenizer', 'check_size', 'check_precision',
+           'organism_config', 'organism_dir', 'token_pools', 'lm_batch', 'train_organism', 'instruction', 'chat_prompt',
+           'instruct_example', 'chat_batch', 'train_instruct', 'train_cli', 'eval_verses', 'perplexity_by_language',
+           'detect_languages', 'language_fidelity', 'instruction_prompts', 'instruction_following']
 
 # %% ../nbs/07_organisms.ipynb 6
 MIXTURE_LANGUAGES = ['en', 'fr', 'de', 'es', 'it', 'pt', 'ru', 'zh', 'ja']
@@ -121,6 +121,13 @@ def check_size(size: str) -> dict:
     if size not in SIZES: raise MultilingError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     return dict(SIZES[size])
 
+PRECISIONS = ('fp32', 'bf16')
+
+def check_precision(precision: str) -> str:
+    "`precision` if it is one of `PRECISIONS`; a clear error otherwise."
+    if precision not in PRECISIONS: raise MultilingError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
 def organism_config(size: str, tokenizer):
     "The `GPT2Config` of `size` with the tokenizer's vocabulary and special ids (no dropout: short runs, and exact resumes)."
     from transformers import GPT2Config
@@ -176,8 +183,8 @@ def _progress(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, mininterval=0.5 if sys.stderr.isatty() else 30, dynamic_ncols=True)
 
 def _train_loop(model, make_batch, steps: int, out: Path, run: dict, lr: float, warmup: int, resume: bool,
-                device: str, checkpoint_every: int, desc: str, stop_after: int | None = None) -> dict | None:
-    "Train `model` for `steps` steps of `make_batch(step)`; return losses, wall and CPU seconds, or None when stopped early by `stop_after`."
+                device: str, checkpoint_every: int, desc: str, stop_after: int | None = None, precision: str = 'fp32') -> dict | None:
+    "Train `model` for `steps` steps of `make_batch(step)` (`precision` 'bf16': forward under bf16 autocast, fp32 weights); return losses, wall and CPU seconds, or None when stopped early by `stop_after`."
     from transformers import get_cosine_schedule_with_warmup
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -206,11 +213,12 @@ def _train_loop(model, make_batch, steps: int, out: Path, run: dict, lr: float, 
     bar = _progress(steps, start, desc)
     for step in range(start, steps):
         batch = {k: v.to(device) for k, v in make_batch(step).items()}
-        loss = model(**batch).loss
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == 'bf16'):
+            loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        losses.append(float(loss)); bar.update(1)
+        losses.append(float(loss.detach())); bar.update(1)
         if (step + 1) % 10 == 0 or step + 1 == steps: bar.set_postfix(loss=f'{np.mean(losses[-10:]):.3f}', refresh=False)
         done = step + 1
         if stop_after is not None and done >= stop_after: save(done); bar.close(); return None
@@ -230,7 +238,8 @@ def _reuse(out: Path, want: dict) -> Path | None:
     meta = _finished(out)
     if meta is None: return None
     short = lambda v: {l: round(x, 3) for l, x in v.items()} if isinstance(v, dict) else v
-    differs = {k: (short(meta.get(k)), short(v)) for k, v in want.items() if v is not None and meta.get(k) != v}
+    found = lambda k: meta.get(k, 'fp32' if k == 'precision' else None)   # organisms made before `precision` existed are fp32
+    differs = {k: (short(found(k)), short(v)) for k, v in want.items() if v is not None and found(k) != v}
     if differs: raise MultilingError(f"{out} already holds a finished organism made differently ({differs}, as (found, asked)); "
                                      "pass force=True (--force) to retrain it, or choose another output folder")
     return out
@@ -254,12 +263,13 @@ def train_organism(mixture='balanced', # a name of `MIXTURES`, or a dict languag
                    checkpoint_every: int | None = None, # steps between checkpoints; default: about 20 per run (at least every 50 steps)
                    force: bool = False, # retrain even if `out` holds a finished organism
                    stop_after: int | None = None, # stop (as if interrupted) after this many steps, leaving a checkpoint: for tests
+                   precision: str = 'fp32', # or 'bf16': bf16 autocast, faster where the CPU has bf16 units (or on a GPU); other weights than fp32
                   ) -> Path:
     "Train (or reuse) a GPT-2 organism on `mixture` and save it as a Hugging Face model folder; return the folder."
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
     shares = check_mixture(mixture); s = check_size(size)
     steps = check_param('steps', steps if steps is not None else s['steps'], int, 1)
-    seed = check_param('seed', seed, int, 0)
+    seed = check_param('seed', seed, int, 0); precision = check_precision(precision)
     if out is None:
         if not isinstance(mixture, str): raise MultilingError("a custom mixture (dict) needs an explicit `out` folder")
         out = organism_dir(mixture, size)
@@ -268,7 +278,7 @@ def train_organism(mixture='balanced', # a name of `MIXTURES`, or a dict languag
     from multiling.models import resolve_device
     device = resolve_device(device)
     if force and out.exists(): shutil.rmtree(out)
-    elif _reuse(out, dict(kind='base', shares=shares, size=size, seed=seed, steps=steps)): return out
+    elif _reuse(out, dict(kind='base', shares=shares, size=size, seed=seed, steps=steps, precision=precision)): return out
     out.mkdir(parents=True, exist_ok=True); _set_threads(device)
     t_start = time.time()
     if resume and (out / 'tokenizer.json').exists(): tok = PreTrainedTokenizerFast.from_pretrained(out)
@@ -279,13 +289,13 @@ def train_organism(mixture='balanced', # a name of `MIXTURES`, or a dict languag
     pools, data_hash = token_pools(tok, list(shares), 'train', s['pool_chars'], seed)
     valid_pools, _ = token_pools(tok, list(shares), 'valid', 200_000, seed)
     prep_seconds = time.time() - t_start
-    run = dict(kind='base', shares=shares, size=size, steps=steps, seed=seed, data_hash=data_hash)
+    run = dict(kind='base', shares=shares, size=size, steps=steps, seed=seed, data_hash=data_hash, precision=precision)
     set_seed(seed)
     model = GPT2LMHeadModel(organism_config(size, tok)).to(device)
     model.config._attn_implementation = 'sdpa'   # fast training; experiments load it with eager attention
     res = _train_loop(model, lambda step: lm_batch(pools, shares, step, seed, s['batch_size'], s['n_positions']), steps, out,
                       run, s['lr'], s['warmup'], resume, device, checkpoint_every,
-                      desc=f"organism-{mixture_name(mixture)}-{size}", stop_after=stop_after)
+                      desc=f"organism-{mixture_name(mixture)}-{size}", stop_after=stop_after, precision=precision)
     if res is None: return out
     model.save_pretrained(out); tok.save_pretrained(out)
     meta = dict(run, mixture=mixture_name(mixture), languages=list(shares), settings=s, device=device,
@@ -293,7 +303,7 @@ def train_organism(mixture='balanced', # a name of `MIXTURES`, or a dict languag
                 train_seconds=round(res['seconds'], 1), train_cpu_seconds=round(res['cpu_seconds'], 1), prep_seconds=round(prep_seconds, 1), threads=torch.get_num_threads(),
                 final_train_loss=round(float(np.mean(res['losses'][-50:])), 4),
                 final_valid_loss=_valid_losses(model, valid_pools, s['n_positions'], seed, device),
-                provenance=provenance(params=dict(mixture=mixture_name(mixture), size=size, steps=steps, seed=seed), notebook='07_organisms'))
+                provenance=provenance(params=dict(mixture=mixture_name(mixture), size=size, steps=steps, seed=seed, precision=precision), notebook='07_organisms'))
     write_json(meta, out / 'organism.json')
     (out / 'checkpoint.pt').unlink(missing_ok=True)
     return out
@@ -386,6 +396,7 @@ def train_instruct(base_dir: str | Path, # a finished base organism
                    lm_share: float = 0.25, # share of each batch that replays pre-training windows
                    lr: float | None = None, # default: the size's `instruct_lr`
                    stop_after: int | None = None, # for tests: stop after this many steps, leaving a checkpoint
+                   precision: str | None = None, # 'fp32' or 'bf16'; default: the base organism's
                   ) -> Path:
     "Fine-tune a base organism on the chat-format instruction set; return the instruct model's folder."
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -399,12 +410,12 @@ def train_instruct(base_dir: str | Path, # a finished base organism
     steps = check_param('steps', steps if steps is not None else s['instruct_steps'], int, 1)
     lr = check_param('lr', lr if lr is not None else s['instruct_lr'], float, 0.0)
     lm_share = check_param('lm_share', lm_share, float, 0.0, 1.0)
-    seed = check_param('seed', seed, int, 0)
+    seed = check_param('seed', seed, int, 0); precision = check_precision(precision or base.get('precision', 'fp32'))
     out = Path(out) if out else base_dir.with_name(base_dir.name + '-instruct')
     checkpoint_every = check_param('checkpoint_every', checkpoint_every or max(1, min(50, steps // 20)), int, 1)
     device = resolve_device(device)
     if force and out.exists(): shutil.rmtree(out)
-    elif _reuse(out, dict(kind='instruct', instruct_from=str(base_dir.resolve()), base_data_hash=base['data_hash'], steps=steps, seed=seed)): return out
+    elif _reuse(out, dict(kind='instruct', instruct_from=str(base_dir.resolve()), base_data_hash=base['data_hash'], steps=steps, seed=seed, precision=precision)): return out
     out.mkdir(parents=True, exist_ok=True); _set_threads(device)
     t_start = time.time()
     tok = PreTrainedTokenizerFast.from_pretrained(base_dir)
@@ -412,19 +423,19 @@ def train_instruct(base_dir: str | Path, # a finished base organism
     pools, _ = token_pools(tok, languages, 'train', s['pool_chars'], base['seed']) if lm_share > 0 else ({}, None)
     prep_seconds = time.time() - t_start
     run = dict(kind='instruct', instruct_from=str(base_dir.resolve()), base_data_hash=base['data_hash'], steps=steps, seed=seed,
-               lm_share=lm_share, lr=lr, tasks=list(TASKS))
+               lm_share=lm_share, lr=lr, tasks=list(TASKS), precision=precision)
     set_seed(seed)
     model = GPT2LMHeadModel.from_pretrained(base_dir, dtype=torch.float32).to(device)
     model.config._attn_implementation = 'sdpa'
     make = lambda step: _instruct_batch(tok, corpus, languages, pools, shares, step, seed, s['batch_size'], s['n_positions'], lm_share)
     res = _train_loop(model, make, steps, out, run, lr, max(1, steps // 10), resume, device, checkpoint_every,
-                      desc=f'{base_dir.name}-instruct', stop_after=stop_after)
+                      desc=f'{base_dir.name}-instruct', stop_after=stop_after, precision=precision)
     if res is None: return out
     model.save_pretrained(out); tok.save_pretrained(out)
     meta = dict(base, **run, base_steps=base['steps'], device=device, train_seconds=round(res['seconds'], 1), train_cpu_seconds=round(res['cpu_seconds'], 1),
                 prep_seconds=round(prep_seconds, 1), threads=torch.get_num_threads(),
                 final_train_loss=round(float(np.mean(res['losses'][-50:])), 4),
-                provenance=provenance(params=dict(instruct_from=str(base_dir), steps=steps, seed=seed, lm_share=lm_share), notebook='07_organisms'))
+                provenance=provenance(params=dict(instruct_from=str(base_dir), steps=steps, seed=seed, lm_share=lm_share, precision=precision), notebook='07_organisms'))
     meta.pop('final_valid_loss', None)
     write_json(meta, out / 'organism.json')
     (out / 'checkpoint.pt').unlink(missing_ok=True)
@@ -445,14 +456,18 @@ def train_cli(argv: list[str] | None = None):
     ap.add_argument('--checkpoint-every', type=int, default=None, metavar='N')
     ap.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True, help='continue from the last checkpoint (default on)')
     ap.add_argument('--force', action='store_true', help='retrain even if the output folder holds a finished organism')
+    ap.add_argument('--precision', default=None, choices=PRECISIONS,
+                    help='fp32 (default) or bf16 autocast (faster on CPUs with bf16 units and on GPUs; other weights); instruct: default the base\'s')
     a = ap.parse_args(argv)
     try:
         t0 = time.time()
         if a.instruct_from:
-            out = train_instruct(a.instruct_from, a.out, a.steps, a.seed, a.resume, a.device, a.checkpoint_every, a.force)
+            out = train_instruct(a.instruct_from, a.out, a.steps, a.seed, a.resume, a.device, a.checkpoint_every, a.force,
+                                 precision=a.precision)
         else:
             check_mixture(a.mixture); check_size(a.size)
-            out = train_organism(a.mixture, a.size, a.out, a.steps, a.seed, a.resume, a.device, a.checkpoint_every, a.force)
+            out = train_organism(a.mixture, a.size, a.out, a.steps, a.seed, a.resume, a.device, a.checkpoint_every, a.force,
+                                 precision=a.precision or 'fp32')
     except MultilingError as e: ap.exit(2, f'multiling_train: error: {e}\n')
     meta = _finished(out) or {}
     print(f"{out} ({meta.get('kind')}, {meta.get('steps')} steps, trained in {meta.get('train_seconds')} s; this call {time.time() - t0:.0f} s; "
