@@ -233,13 +233,19 @@ def _finished(out: Path) -> dict | None:
     f = Path(out) / 'organism.json'
     return json.loads(f.read_text()) if f.exists() and (Path(out) / 'config.json').exists() else None
 
+# run keys added after the first organisms were made, with the value those organisms were made with
+_BEFORE_KEY = {'precision': 'fp32'}
+
+def _made_with(meta: dict, key: str):
+    "What `meta` (an `organism.json`) records for `key`; for an organism older than the key, its value from `_BEFORE_KEY`."
+    return meta.get(key, _BEFORE_KEY.get(key))
+
 def _reuse(out: Path, want: dict) -> Path | None:
     "`out` when it holds a finished organism made as `want` asks (None entries are not checked); an error if it differs."
     meta = _finished(out)
     if meta is None: return None
     short = lambda v: {l: round(x, 3) for l, x in v.items()} if isinstance(v, dict) else v
-    found = lambda k: meta.get(k, 'fp32' if k == 'precision' else None)   # organisms made before `precision` existed are fp32
-    differs = {k: (short(found(k)), short(v)) for k, v in want.items() if v is not None and found(k) != v}
+    differs = {k: (short(_made_with(meta, k)), short(v)) for k, v in want.items() if v is not None and _made_with(meta, k) != v}
     if differs: raise MultilingError(f"{out} already holds a finished organism made differently ({differs}, as (found, asked)); "
                                      "pass force=True (--force) to retrain it, or choose another output folder")
     return out
@@ -410,7 +416,7 @@ def train_instruct(base_dir: str | Path, # a finished base organism
     steps = check_param('steps', steps if steps is not None else s['instruct_steps'], int, 1)
     lr = check_param('lr', lr if lr is not None else s['instruct_lr'], float, 0.0)
     lm_share = check_param('lm_share', lm_share, float, 0.0, 1.0)
-    seed = check_param('seed', seed, int, 0); precision = check_precision(precision or base.get('precision', 'fp32'))
+    seed = check_param('seed', seed, int, 0); precision = check_precision(precision or _made_with(base, 'precision'))
     out = Path(out) if out else base_dir.with_name(base_dir.name + '-instruct')
     checkpoint_every = check_param('checkpoint_every', checkpoint_every or max(1, min(50, steps // 20)), int, 1)
     device = resolve_device(device)
