@@ -11,6 +11,7 @@ import torch
 from .core import (MultilingError, MODELS_DIR, LANGUAGE_NAMES, atomic_path, write_json, check_param, set_seed,
                             provenance)
 from .langid import first_words
+from .stats import proportion_ci
 
 # %% auto 0
 __all__ = ['MIXTURE_LANGUAGES', 'MIXTURES', 'EOS', 'USER', 'ASSISTANT', 'SIZES', 'PRECISIONS', 'TASKS', 'check_mixture',
@@ -109,11 +110,11 @@ def train_tokenizer(texts, # an iterable of strings
 # %% ../nbs/07_organisms.ipynb 15
 SIZES = {
     'tiny':  dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=2048, batch_size=16, steps=300, lr=3e-3,
-                  warmup=30, tokenizer_chars=400_000, pool_chars=200_000, instruct_steps=100, instruct_lr=1e-3),
-    'small': dict(n_layer=4, n_head=8, n_embd=256, n_positions=128, vocab_size=8192, batch_size=32, steps=1200, lr=2e-3,
-                  warmup=60, tokenizer_chars=6_000_000, pool_chars=None, instruct_steps=200, instruct_lr=1e-3),
+                  warmup=30, tokenizer_chars=400_000, pool_chars=200_000, instruct_steps=100, instruct_lr=1e-3, precision='fp32'),
+    'small': dict(n_layer=4, n_head=8, n_embd=256, n_positions=128, vocab_size=4096, batch_size=32, steps=2000, lr=2e-3,
+                  warmup=100, tokenizer_chars=6_000_000, pool_chars=None, instruct_steps=200, instruct_lr=1e-3, precision='bf16'),
     'base':  dict(n_layer=8, n_head=8, n_embd=512, n_positions=256, vocab_size=16384, batch_size=64, steps=20_000, lr=6e-4,
-                  warmup=1000, tokenizer_chars=20_000_000, pool_chars=None, instruct_steps=2000, instruct_lr=2e-4),
+                  warmup=1000, tokenizer_chars=20_000_000, pool_chars=None, instruct_steps=2000, instruct_lr=2e-4, precision='bf16'),
 }
 
 def check_size(size: str) -> dict:
@@ -177,6 +178,10 @@ def lm_batch(pools: dict[str, torch.Tensor], shares: dict[str, float], step: int
 def _set_threads(device: str):
     if str(device).startswith('cpu'): torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))
 
+def _training_attention(device: str) -> str:
+    "The attention implementation organisms train with: sdpa on a GPU, eager on a CPU (faster there: `bench/organism_step.py`)."
+    return 'sdpa' if str(device).startswith('cuda') else 'eager'
+
 def _progress(total: int, initial: int, desc: str):
     from tqdm.auto import tqdm
     # in a log file (nohup) a bar refreshed every 0.1 s would fill it: refresh every 30 s there
@@ -234,7 +239,7 @@ def _finished(out: Path) -> dict | None:
     return json.loads(f.read_text()) if f.exists() and (Path(out) / 'config.json').exists() else None
 
 # run keys added after the first organisms were made, with the value those organisms were made with
-_BEFORE_KEY = {'precision': 'fp32'}
+_BEFORE_KEY = {'precision': 'fp32', 'settings.precision': 'fp32'}
 
 def _made_with(meta: dict, key: str):
     "What `meta` (an `organism.json`) records for `key`; for an organism older than the key, its value from `_BEFORE_KEY`."
@@ -245,6 +250,8 @@ def _reuse(out: Path, want: dict) -> Path | None:
     meta = _finished(out)
     if meta is None: return None
     short = lambda v: {l: round(x, 3) for l, x in v.items()} if isinstance(v, dict) else v
+    flat = lambda d: {**{k: v for k, v in d.items() if k != 'settings'}, **{f'settings.{k}': v for k, v in (d.get('settings') or {}).items()}}
+    meta, want = flat(meta), flat(want)   # a size's settings are compared one by one: the message names the ones that differ
     differs = {k: (short(_made_with(meta, k)), short(v)) for k, v in want.items() if v is not None and _made_with(meta, k) != v}
     if differs: raise MultilingError(f"{out} already holds a finished organism made differently ({differs}, as (found, asked)); "
                                      "pass force=True (--force) to retrain it, or choose another output folder")
@@ -269,13 +276,13 @@ def train_organism(mixture='balanced', # a name of `MIXTURES`, or a dict languag
                    checkpoint_every: int | None = None, # steps between checkpoints; default: about 20 per run (at least every 50 steps)
                    force: bool = False, # retrain even if `out` holds a finished organism
                    stop_after: int | None = None, # stop (as if interrupted) after this many steps, leaving a checkpoint: for tests
-                   precision: str = 'fp32', # or 'bf16': bf16 autocast, faster where the CPU has bf16 units (or on a GPU); other weights than fp32
+                   precision: str | None = None, # 'fp32' or 'bf16' (bf16 autocast, fp32 weights); default: the size's `precision`
                   ) -> Path:
     "Train (or reuse) a GPT-2 organism on `mixture` and save it as a Hugging Face model folder; return the folder."
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
     shares = check_mixture(mixture); s = check_size(size)
     steps = check_param('steps', steps if steps is not None else s['steps'], int, 1)
-    seed = check_param('seed', seed, int, 0); precision = check_precision(precision)
+    seed = check_param('seed', seed, int, 0); precision = check_precision(precision or s['precision'])
     if out is None:
         if not isinstance(mixture, str): raise MultilingError("a custom mixture (dict) needs an explicit `out` folder")
         out = organism_dir(mixture, size)
@@ -284,7 +291,7 @@ def train_organism(mixture='balanced', # a name of `MIXTURES`, or a dict languag
     from multiling.models import resolve_device
     device = resolve_device(device)
     if force and out.exists(): shutil.rmtree(out)
-    elif _reuse(out, dict(kind='base', shares=shares, size=size, seed=seed, steps=steps, precision=precision)): return out
+    elif _reuse(out, dict(kind='base', shares=shares, size=size, seed=seed, steps=steps, precision=precision, settings=s)): return out
     out.mkdir(parents=True, exist_ok=True); _set_threads(device)
     t_start = time.time()
     if resume and (out / 'tokenizer.json').exists(): tok = PreTrainedTokenizerFast.from_pretrained(out)
@@ -298,7 +305,7 @@ def train_organism(mixture='balanced', # a name of `MIXTURES`, or a dict languag
     run = dict(kind='base', shares=shares, size=size, steps=steps, seed=seed, data_hash=data_hash, precision=precision)
     set_seed(seed)
     model = GPT2LMHeadModel(organism_config(size, tok)).to(device)
-    model.config._attn_implementation = 'sdpa'   # fast training; experiments load it with eager attention
+    model.config._attn_implementation = _training_attention(device)
     res = _train_loop(model, lambda step: lm_batch(pools, shares, step, seed, s['batch_size'], s['n_positions']), steps, out,
                       run, s['lr'], s['warmup'], resume, device, checkpoint_every,
                       desc=f"organism-{mixture_name(mixture)}-{size}", stop_after=stop_after, precision=precision)
@@ -432,7 +439,7 @@ def train_instruct(base_dir: str | Path, # a finished base organism
                lm_share=lm_share, lr=lr, tasks=list(TASKS), precision=precision)
     set_seed(seed)
     model = GPT2LMHeadModel.from_pretrained(base_dir, dtype=torch.float32).to(device)
-    model.config._attn_implementation = 'sdpa'
+    model.config._attn_implementation = _training_attention(device)
     make = lambda step: _instruct_batch(tok, corpus, languages, pools, shares, step, seed, s['batch_size'], s['n_positions'], lm_share)
     res = _train_loop(model, make, steps, out, run, lr, max(1, steps // 10), resume, device, checkpoint_every,
                       desc=f'{base_dir.name}-instruct', stop_after=stop_after, precision=precision)
@@ -463,7 +470,7 @@ def train_cli(argv: list[str] | None = None):
     ap.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True, help='continue from the last checkpoint (default on)')
     ap.add_argument('--force', action='store_true', help='retrain even if the output folder holds a finished organism')
     ap.add_argument('--precision', default=None, choices=PRECISIONS,
-                    help='fp32 (default) or bf16 autocast (faster on CPUs with bf16 units and on GPUs; other weights); instruct: default the base\'s')
+                    help="fp32 or bf16 autocast (faster on CPUs with bf16 units and on GPUs; other weights); default: the size's (small: bf16), instruct: the base's")
     a = ap.parse_args(argv)
     try:
         t0 = time.time()
@@ -473,7 +480,7 @@ def train_cli(argv: list[str] | None = None):
         else:
             check_mixture(a.mixture); check_size(a.size)
             out = train_organism(a.mixture, a.size, a.out, a.steps, a.seed, a.resume, a.device, a.checkpoint_every, a.force,
-                                 precision=a.precision or 'fp32')
+                                 precision=a.precision)
     except MultilingError as e: ap.exit(2, f'multiling_train: error: {e}\n')
     meta = _finished(out) or {}
     print(f"{out} ({meta.get('kind')}, {meta.get('steps')} steps, trained in {meta.get('train_seconds')} s; this call {time.time() - t0:.0f} s; "
@@ -539,6 +546,11 @@ def _generate(m, prompts: list[str], max_new_tokens: int, batch_size: int) -> li
                              "tokens: lower max_new_tokens or n_words")
     return generate(m, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
+def _true_continuation(text: str, lang: str, n_words: int, n_chars: int) -> str:
+    "What follows `first_words(text, lang, n_words)` in the verse, cut to `n_chars` characters (shorter where the verse ends)."
+    rest = text.strip()[2 * n_words:] if lang in ('zh', 'ja') else ' '.join(text.split()[n_words:])
+    return rest[:max(n_chars, 0)]
+
 def language_fidelity(model, # an organism folder, a name for `load_model`, or a `LoadedModel`
                       languages: list[str] | None = None, # prompt languages; default: the organism's training languages
                       n_prompts: int = 50, # held-out verse openings per language
@@ -547,21 +559,26 @@ def language_fidelity(model, # an organism folder, a name for `load_model`, or a
                       split: str = 'valid', batch_size: int = 32, device: str = 'cpu', seed: int = 0,
                       details: bool = False, # return one row per prompt instead of one per language
                      ):
-    "Share of greedy continuations of verse openings that stay in the opening's language, per language."
+    "Share of greedy continuations of verse openings that stay in the opening's language (with its 95% Wilson interval), per language; `reference_fidelity`: the same detector on the verse's true continuation of the same length (the measure's ceiling)."
     import pandas as pd
     m = _load(model, device)
     languages = list(languages or _organism_languages(model) or MIXTURE_LANGUAGES)
     verses = eval_verses(languages, n_prompts, split, seed)
-    rows = [dict(language=l, verse_id=v, prompt=first_words(t, l, n_words)) for l in languages for v, t in zip(verses.verse_id, verses[l])]
+    rows = [dict(language=l, verse_id=v, prompt=first_words(t, l, n_words), verse=t) for l in languages for v, t in zip(verses.verse_id, verses[l])]
     conts = _generate(m, [r['prompt'] for r in rows], max_new_tokens, batch_size)
-    detected = detect_languages(conts, sorted(set(MIXTURE_LANGUAGES) | set(languages)))
-    df = pd.DataFrame([dict(r, model=_name(model), continuation=c, detected=g) for r, c, g in zip(rows, conts, detected)])
+    answers = sorted(set(MIXTURE_LANGUAGES) | set(languages))
+    refs = [_true_continuation(r.pop('verse'), r['language'], n_words, len(c.strip())) for r, c in zip(rows, conts)]
+    df = pd.DataFrame([dict(r, model=_name(model), continuation=c, detected=g, reference=t, reference_detected=h)
+                       for r, c, g, t, h in zip(rows, conts, detect_languages(conts, answers), refs, detect_languages(refs, answers))])
     df['same'] = df.detected == df.language
+    df['reference_same'] = df.reference_detected == df.language
     if details: return df
     rows = []
     for (name, lang), g in df.groupby(['model', 'language'], sort=False):
         other = g.detected[g.detected.notna() & (g.detected != lang)]
-        rows.append(dict(model=name, language=lang, n_prompts=len(g), fidelity=float(g.same.mean()),
+        lo, hi = proportion_ci(int(g.same.sum()), len(g))
+        rows.append(dict(model=name, language=lang, n_prompts=len(g), fidelity=float(g.same.mean()), ci_low=lo, ci_high=hi,
+                         reference_fidelity=float(g.reference_same.mean()),
                          n_empty=int((g.continuation.str.strip() == '').sum()), n_undetected=int(g.detected.isna().sum()),
                          top_other=other.value_counts().index[0] if len(other) else None))
     return pd.DataFrame(rows)

@@ -10,8 +10,8 @@ from scipy import stats as _st
 from .core import MultilingError
 
 # %% auto 0
-__all__ = ['bootstrap_ci', 'grouped_bootstrap_ci', 'zscores', 'paired_test', 'spearman', 'binomial_test', 'fisher_exact',
-           'benjamini_hochberg']
+__all__ = ['bootstrap_ci', 'grouped_bootstrap_ci', 'zscores', 'paired_test', 'spearman', 'binomial_test', 'proportion_ci',
+           'fisher_exact', 'benjamini_hochberg']
 
 # %% ../nbs/05_stats.ipynb 4
 def bootstrap_ci(values, # 1-D array of per-unit outcomes (e.g. 0/1 per prompt)
@@ -71,6 +71,12 @@ def spearman(x, y) -> dict:
 def binomial_test(k: int, n: int, p: float = 0.5) -> float:
     "Two-sided exact binomial test p-value of k successes in n trials."
     return float(_st.binomtest(int(k), int(n), p).pvalue) if n > 0 else 1.0
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    "Wilson score interval of a share of k successes in n trials: unlike a bootstrap, not empty at 0 or n (n = 0: (0, 1))."
+    if n == 0: return 0.0, 1.0
+    ci = _st.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method='wilson')
+    return float(ci.low), float(ci.high)
 
 def fisher_exact(a: int, b: int, c: int, d: int) -> dict:
     "Fisher's exact test of the 2x2 table [[a, b], [c, d]]."

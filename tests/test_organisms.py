@@ -1,6 +1,6 @@
-"""Organism training precision: bf16 autocast is an option next to the fp32 default, recorded, checked on reuse,
-and resumes exactly like fp32."""
-import json, os, subprocess, sys
+"""Organism training precision: bf16 autocast (the `small` default) next to fp32 (the `tiny` default), recorded,
+checked on reuse with the rest of the size's settings, and resumes exactly like fp32."""
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -47,11 +47,21 @@ def test_reuse_checks_precision(fp32_and_bf16):
     with pytest.raises(MultilingError, match='made differently.*precision'):
         train_organism('balanced', 'tiny', bf16, steps=8)                                   # asks fp32
     # an organism.json written before `precision` existed is read as fp32
-    meta = json.loads((fp32 / 'organism.json').read_text()); meta.pop('precision')
+    meta = json.loads((fp32 / 'organism.json').read_text()); meta.pop('precision'); meta['settings'].pop('precision')
     (fp32 / 'organism.json').write_text(json.dumps(meta))
     assert train_organism('balanced', 'tiny', fp32, steps=8) == fp32
     with pytest.raises(MultilingError, match='made differently.*precision'):
         train_organism('balanced', 'tiny', fp32, steps=8, precision='bf16')
+
+
+def test_reuse_checks_the_size_settings(fp32_and_bf16, tmp_path):
+    root, fp32, _ = fp32_and_bf16
+    old = shutil.copytree(fp32, tmp_path / 'old')     # as if made when `tiny` had another vocabulary
+    meta = json.loads((old / 'organism.json').read_text()); meta['settings']['vocab_size'] = 8192
+    (old / 'organism.json').write_text(json.dumps(meta))
+    with pytest.raises(MultilingError, match=r"made differently \(\{'settings\.vocab_size': \(8192, 2048\)\}"):
+        train_organism('balanced', 'tiny', old, steps=8)
+    assert json.loads((old / 'organism.json').read_text())['settings']['vocab_size'] == 8192   # left as it was
 
 
 def test_instruct_inherits_the_base_precision(fp32_and_bf16):
