@@ -22,14 +22,13 @@ CONFIGS = {  # name: (vocab_size, precision, attention)
 }
 
 def make(vocab, attention):
-    from multiling.organisms import SIZES
+    from multiling.organisms import SIZES, _optimizer
     s = SIZES['small']
     cfg = GPT2Config(vocab_size=vocab, n_positions=s['n_positions'], n_embd=s['n_embd'], n_layer=s['n_layer'], n_head=s['n_head'],
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(0)
     m = GPT2LMHeadModel(cfg); m.config._attn_implementation = attention; m.train()
-    decay = [p for p in m.parameters() if p.dim() >= 2]; no_decay = [p for p in m.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1}, {'params': no_decay, 'weight_decay': 0.0}], lr=1e-3, betas=(0.9, 0.95))
+    opt = _optimizer(m, 1e-3)   # the training loop's own
     x = torch.randint(0, vocab, (s['batch_size'], s['n_positions']))
     return m, opt, x
 

@@ -14,7 +14,8 @@ from .core import ALL_LANGUAGES, CORPUS_DIR, SCRIPT_OF, MultilingError, parse_la
 
 # %% auto 0
 __all__ = ['UNKNOWN', 'lid_model_path', 'char_script', 'script_counts', 'dominant_script', 'LanguageDetector', 'get_detector',
-           'detect_language', 'first_words', 'detector_confusion', 'accuracy_by_language', 'detector_accuracy']
+           'detect_language', 'first_words', 'after_first_words', 'detector_confusion', 'accuracy_by_language',
+           'detector_accuracy']
 
 # %% ../nbs/03_langid.ipynb 4
 UNKNOWN = 'unknown'
@@ -156,7 +157,15 @@ def first_words(text: str, # a text
                 n: int = 5, # words to keep
                ) -> str:
     "The first `n` words of `text`; for zh and ja (no spaces) the first `2 n` characters."
-    return text.strip()[:2 * n] if lang in ('zh', 'ja') else ' '.join(text.split()[:n])
+    return _split_words(text, lang, n)[0]
+
+def after_first_words(text: str, lang: str, n: int = 5) -> str:
+    "What follows `first_words(text, lang, n)` in `text` (words joined by single spaces)."
+    return _split_words(text, lang, n)[1]
+
+def _split_words(text: str, lang: str, n: int) -> tuple[str, str]:
+    if lang in ('zh', 'ja'): t = text.strip(); return t[:2 * n], t[2 * n:]
+    words = text.split(); return ' '.join(words[:n]), ' '.join(words[n:])
 
 def detector_confusion(table: pd.DataFrame, # wide: one column per language (other columns are ignored)
                        languages: str | list[str] | None = None, # columns to test; default: every language column

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from .core import (MultilingError, MODELS_DIR, LANGUAGE_NAMES, atomic_path, write_json, check_param, set_seed,
                             provenance)
-from .langid import first_words
+from .langid import first_words, after_first_words
 from .stats import proportion_ci
 
 # %% auto 0
@@ -178,6 +178,12 @@ def lm_batch(pools: dict[str, torch.Tensor], shares: dict[str, float], step: int
 def _set_threads(device: str):
     if str(device).startswith('cpu'): torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))
 
+def _optimizer(model, lr: float):
+    "AdamW (betas 0.9/0.95), weight decay 0.1 on matrices, none on biases and norms."
+    decay = [p for p in model.parameters() if p.dim() >= 2]; no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1}, {'params': no_decay, 'weight_decay': 0.0}],
+                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
 def _training_attention(device: str) -> str:
     "The attention implementation organisms train with: sdpa on a GPU, eager on a CPU (faster there: `bench/organism_step.py`)."
     return 'sdpa' if str(device).startswith('cuda') else 'eager'
@@ -191,10 +197,7 @@ def _train_loop(model, make_batch, steps: int, out: Path, run: dict, lr: float, 
                 device: str, checkpoint_every: int, desc: str, stop_after: int | None = None, precision: str = 'fp32') -> dict | None:
     "Train `model` for `steps` steps of `make_batch(step)` (`precision` 'bf16': forward under bf16 autocast, fp32 weights); return losses, wall and CPU seconds, or None when stopped early by `stop_after`."
     from transformers import get_cosine_schedule_with_warmup
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1}, {'params': no_decay, 'weight_decay': 0.0}],
-                            lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    opt = _optimizer(model, lr)
     sched = get_cosine_schedule_with_warmup(opt, min(warmup, max(steps - 1, 0)), steps)
     ckpt = out / 'checkpoint.pt'; start, losses, seconds, cpu = 0, [], 0.0, 0.0
     if ckpt.exists() and resume:
@@ -548,8 +551,7 @@ def _generate(m, prompts: list[str], max_new_tokens: int, batch_size: int) -> li
 
 def _true_continuation(text: str, lang: str, n_words: int, n_chars: int) -> str:
     "What follows `first_words(text, lang, n_words)` in the verse, cut to `n_chars` characters (shorter where the verse ends)."
-    rest = text.strip()[2 * n_words:] if lang in ('zh', 'ja') else ' '.join(text.split()[n_words:])
-    return rest[:max(n_chars, 0)]
+    return after_first_words(text, lang, n_words)[:max(n_chars, 0)]
 
 def language_fidelity(model, # an organism folder, a name for `load_model`, or a `LoadedModel`
                       languages: list[str] | None = None, # prompt languages; default: the organism's training languages
@@ -564,10 +566,11 @@ def language_fidelity(model, # an organism folder, a name for `load_model`, or a
     m = _load(model, device)
     languages = list(languages or _organism_languages(model) or MIXTURE_LANGUAGES)
     verses = eval_verses(languages, n_prompts, split, seed)
-    rows = [dict(language=l, verse_id=v, prompt=first_words(t, l, n_words), verse=t) for l in languages for v, t in zip(verses.verse_id, verses[l])]
+    texts = [(l, v, t) for l in languages for v, t in zip(verses.verse_id, verses[l])]
+    rows = [dict(language=l, verse_id=v, prompt=first_words(t, l, n_words)) for l, v, t in texts]
     conts = _generate(m, [r['prompt'] for r in rows], max_new_tokens, batch_size)
     answers = sorted(set(MIXTURE_LANGUAGES) | set(languages))
-    refs = [_true_continuation(r.pop('verse'), r['language'], n_words, len(c.strip())) for r, c in zip(rows, conts)]
+    refs = [_true_continuation(t, l, n_words, len(c.strip())) for (l, _, t), c in zip(texts, conts)]
     df = pd.DataFrame([dict(r, model=_name(model), continuation=c, detected=g, reference=t, reference_detected=h)
                        for r, c, g, t, h in zip(rows, conts, detect_languages(conts, answers), refs, detect_languages(refs, answers))])
     df['same'] = df.detected == df.language
