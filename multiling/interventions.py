@@ -356,7 +356,7 @@ def generate(model: LoadedModel | str, # a LoadedModel or a spec
         active = torch.arange(len(chunk), device=model.device)
         counts = [len(results[i]) for i in chunk]   # tokens generated so far, per active row
         gens = [torch.Generator(device=model.device).manual_seed(row_seeds[i]) for i in chunk] if do_sample else None
-        out, _ = _run_trace(model, batch, actions, use_cache=True)
+        out, _ = _run_trace(model, batch, actions, use_cache=True, last=1)  # unembed only the position that decides
         cache, mask, pos = out.past_key_values, batch.attention_mask, batch.position_ids[:, -1:]
         while True:
             nxt = _sample_next(out.logits[:, -1], [gens[int(i)] for i in active], temperature, top_k) if do_sample else out.logits[:, -1].argmax(-1)

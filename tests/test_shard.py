@@ -207,12 +207,15 @@ def test_gpu_benchmark_quick_on_cpu(tmp_path):
                        env={**os.environ, 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false'})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res['device'].startswith('cpu') and res['matmul']['tflops_per_s'] > 0
-    assert [run['method'] for run in res['runs']] == ['naive', 'fast']
-    for run in res['runs']:
-        assert run['seconds'] > 0 and run['tokens'] > 0 and run['tokens_per_s'] > 0
-        assert 0 < run['share_of_matmul_peak'] < 10
-        assert run['peak_memory_bytes'] is None          # only measured on a GPU
+    assert res['device'].startswith('cpu') and len(res['runs']) == 1
+    run = res['runs'][0]
+    assert run['matmul']['flops_per_s'] > 0
+    assert [r['method'] for r in run['methods']] == ['plain', 'fast']
+    for r in run['methods']:
+        assert r['wall_s'] > 0 and r['tokens'] > 0 and r['unembedded_positions'] > 0 and r['est_flops'] > 0
+        assert 0 < r['share_of_matmul_peak'] < 10 and r['speedup_vs_plain'] > 0
+        assert r['peak_memory_bytes'] is None          # only measured on a GPU
+        assert r['vs_plain']['rows'] == 8 * 2 and r['vs_plain']['identical']   # 8 heads x 2 prompts, as the plain loop
 
 
 def test_gpu_benchmark_asks_for_a_gpu_it_does_not_have(tmp_path):
