@@ -10,8 +10,9 @@ from scipy import stats as _st
 from .core import MultilingError
 
 # %% auto 0
-__all__ = ['bootstrap_ci', 'grouped_bootstrap_ci', 'zscores', 'paired_test', 'spearman', 'binomial_test', 'proportion_ci',
-           'fisher_exact', 'benjamini_hochberg']
+__all__ = ['bootstrap_ci', 'wilson_ci', 'with_proportion_ci', 'grouped_bootstrap_ci', 'grouped_proportion_ci',
+           'cluster_bootstrap_ci', 'bootstrap_share_ci', 'zscores', 'paired_test', 'spearman', 'binomial_test',
+           'proportion_ci', 'fisher_exact', 'benjamini_hochberg']
 
 # %% ../nbs/05_stats.ipynb 4
 def bootstrap_ci(values, # 1-D array of per-unit outcomes (e.g. 0/1 per prompt)
@@ -27,6 +28,32 @@ def bootstrap_ci(values, # 1-D array of per-unit outcomes (e.g. 0/1 per prompt)
     return float(lo), float(hi)
 
 # %% ../nbs/05_stats.ipynb 6
+def wilson_ci(k, # successes (a number or an array)
+              n, # trials, same shape as k (0 trials: the interval is (0, 1))
+              level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    "Wilson score interval of the share k / n, element-wise: (low, high) arrays, exactly 0 at k = 0 and 1 at k = n."
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    if np.any(n < 0) or np.any(k < 0) or np.any(k > n):
+        raise MultilingError(f"wilson_ci needs 0 <= k <= n, got k={k.tolist()}, n={n.tolist()}")
+    z = _st.norm.ppf(1 - (1 - level) / 2)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        lo, hi = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+    lo, hi = np.where(k == 0, 0.0, lo), np.where(k == n, 1.0, hi)
+    return np.where(n == 0, 0.0, lo), np.where(n == 0, 1.0, hi)
+
+def with_proportion_ci(df: pd.DataFrame, k: str, n: str, # columns of successes and trials
+                       level: float = 0.95) -> pd.DataFrame:
+    "`df` with `ci_low`, `ci_high`: the Wilson interval of `k / n` on each row."
+    missing = [c for c in (k, n) if c not in df.columns]
+    if missing: raise MultilingError(f"with_proportion_ci: the table lacks {missing}; it has {list(df.columns)}")
+    lo, hi = wilson_ci(df[k].to_numpy(float), df[n].to_numpy(float), level)
+    return df.assign(ci_low=lo, ci_high=hi)
+
+
+# %% ../nbs/05_stats.ipynb 8
 def grouped_bootstrap_ci(df: pd.DataFrame, by: list[str], value: str, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     "Per group of `by`: n, mean of `value` and its bootstrap interval (`ci_low`, `ci_high`)."
     rows = []
@@ -36,13 +63,80 @@ def grouped_bootstrap_ci(df: pd.DataFrame, by: list[str], value: str, n_boot: in
         rows.append({**dict(zip(by, key)), 'n': len(g), value: g[value].mean(), 'ci_low': lo, 'ci_high': hi})
     return pd.DataFrame(rows)
 
-# %% ../nbs/05_stats.ipynb 8
+# %% ../nbs/05_stats.ipynb 10
+def _groups(df: pd.DataFrame, by):
+    "(key dict, rows) for each group of `by` (all rows as one group when `by` is empty)."
+    by = list(by or [])
+    if not by: return [({}, df)]
+    return [(dict(zip(by, k if isinstance(k, tuple) else (k,))), g) for k, g in df.groupby(by, sort=True)]
+
+def _resample_weights(n_units: int, n_boot: int, seed: int) -> np.ndarray:
+    "How often each unit is drawn in each bootstrap resample ([n_boot, n_units]): resampling with replacement."
+    return np.random.default_rng(seed).multinomial(n_units, np.full(n_units, 1 / n_units), size=n_boot)
+
+def _quantiles(boots: np.ndarray, level: float):
+    "Percentile interval along the first axis, ignoring resamples where the statistic is undefined (NaN)."
+    q = [(1 - level) / 2, 1 - (1 - level) / 2]
+    if np.isnan(boots).all(axis=0).any(): return np.full(boots.shape[1:], np.nan), np.full(boots.shape[1:], np.nan)
+    lo, hi = np.nanquantile(boots, q, axis=0)
+    return lo, hi
+
+def grouped_proportion_ci(df: pd.DataFrame, by: list[str], value: str, level: float = 0.95) -> pd.DataFrame:
+    "Per group of `by`: n, k (successes), the share `value` of a 0/1 column and its Wilson interval (`ci_low`, `ci_high`)."
+    v = df[value]
+    if v.isna().any() or not v.isin([0, 1, True, False]).all():
+        raise MultilingError(f"grouped_proportion_ci: {value!r} must hold only 0/1 (or booleans) without gaps; "
+                             "drop undefined rows first, or use grouped_bootstrap_ci for a mean of other values")
+    rows = []
+    for key, g in _groups(df, by):
+        n, k = len(g), int(g[value].astype(int).sum())
+        lo, hi = wilson_ci(k, n, level)
+        rows.append({**key, 'n': n, 'k': k, value: k / n, 'ci_low': float(lo), 'ci_high': float(hi)})
+    return pd.DataFrame(rows)
+
+def cluster_bootstrap_ci(df: pd.DataFrame, by: list[str], # groups (e.g. ['layer']); [] for one group
+                         value: str, # the column averaged over a group's rows (NaN rows are left out)
+                         cluster: str | list[str], # the unit resampled whole (e.g. the prompt: ['lang', 'prompt_id'])
+                         n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    "Per group: mean of `value` over its rows, with a percentile bootstrap that resamples whole clusters, not rows."
+    d = df.dropna(subset=[value])
+    rows = []
+    for key, g in _groups(d, by):
+        per = g.groupby(cluster)[value].agg(['sum', 'count'])
+        s, c = per['sum'].to_numpy(float), per['count'].to_numpy(float)
+        w = _resample_weights(len(s), n_boot, seed)
+        with np.errstate(invalid='ignore', divide='ignore'): boots = (w @ s) / (w @ c)
+        lo, hi = _quantiles(boots, level)
+        rows.append({**key, 'n': len(g), 'n_clusters': len(s), value: s.sum() / c.sum(), 'ci_low': float(lo), 'ci_high': float(hi)})
+    return pd.DataFrame(rows)
+
+def bootstrap_share_ci(df: pd.DataFrame, group: str, # the column whose levels split the total (e.g. 'layer')
+                       value: str, # summed (e.g. a 0/1 switch)
+                       unit: str | list[str], # resampled whole (e.g. the prompt)
+                       by: list[str] | None = None, # separate tables (e.g. ['model'])
+                       n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    "Share of the total of `value` in each level of `group`, with a bootstrap over `unit`s; NaN where the total is 0."
+    rows = []
+    for key, g in _groups(df, by):
+        m = g.pivot_table(index=unit, columns=group, values=value, aggfunc='sum', fill_value=0).sort_index(axis=1)
+        x = m.to_numpy(float); total = x.sum()
+        boots = _resample_weights(len(x), n_boot, seed) @ x                    # [n_boot, levels]
+        with np.errstate(invalid='ignore', divide='ignore'): boots = boots / boots.sum(1, keepdims=True)
+        lo, hi = _quantiles(boots, level)
+        share = x.sum(0) / total if total > 0 else np.full(x.shape[1], np.nan)
+        for i, level_ in enumerate(m.columns):
+            rows.append({**key, group: level_, 'n_units': len(x), value: x[:, i].sum(), 'total': total,
+                         'share': share[i], 'ci_low': lo[i], 'ci_high': hi[i]})
+    return pd.DataFrame(rows)
+
+
+# %% ../nbs/05_stats.ipynb 12
 def zscores(values) -> np.ndarray:
     "z-score of each value against all of them (population std; zeros where the std is 0)."
     v = np.asarray(values, dtype=float); sd = v.std()
     return np.zeros_like(v) if sd == 0 else (v - v.mean()) / sd
 
-# %% ../nbs/05_stats.ipynb 10
+# %% ../nbs/05_stats.ipynb 14
 def paired_test(before, after, # paired samples (same units, same order)
                 method: str = 'wilcoxon', # 'wilcoxon', 'ttest' or 'permutation' (sign flips)
                 n_perm: int = 10000, seed: int = 0) -> dict:
@@ -62,7 +156,7 @@ def paired_test(before, after, # paired samples (same units, same order)
     else: raise MultilingError(f"unknown paired test {method!r}; use wilcoxon, ttest or permutation")
     return {'mean_diff': float(d.mean()), 'stat': float(stat), 'p': float(p), 'n': len(d), 'method': method}
 
-# %% ../nbs/05_stats.ipynb 12
+# %% ../nbs/05_stats.ipynb 16
 def spearman(x, y) -> dict:
     "Spearman rank correlation with its two-sided p-value."
     r = _st.spearmanr(x, y)
@@ -74,16 +168,15 @@ def binomial_test(k: int, n: int, p: float = 0.5) -> float:
 
 def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     "Wilson score interval of a share of k successes in n trials: unlike a bootstrap, not empty at 0 or n (n = 0: (0, 1))."
-    if n == 0: return 0.0, 1.0
-    ci = _st.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method='wilson')
-    return float(ci.low), float(ci.high)
+    lo, hi = wilson_ci(k, n, level)
+    return float(lo), float(hi)
 
 def fisher_exact(a: int, b: int, c: int, d: int) -> dict:
     "Fisher's exact test of the 2x2 table [[a, b], [c, d]]."
     r = _st.fisher_exact([[a, b], [c, d]])
     return {'odds_ratio': float(r.statistic), 'p': float(r.pvalue)}
 
-# %% ../nbs/05_stats.ipynb 14
+# %% ../nbs/05_stats.ipynb 18
 def benjamini_hochberg(pvalues) -> np.ndarray:
     "Benjamini-Hochberg adjusted p-values (false discovery rate), in the input order."
     p = np.asarray(pvalues, float); n = len(p)
