@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import errno, hashlib, json, math, os, random, subprocess, tempfile, datetime
+import ast, errno, hashlib, json, math, os, random, shlex, subprocess, tempfile, datetime
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -12,8 +12,9 @@ import numpy as np
 # %% auto 0
 __all__ = ['REPO_ROOT', 'DATA_DIR', 'RESULTS_DIR', 'MODELS_DIR', 'CORPUS_DIR', 'PROMPTS_DIR', 'FIGURES_DIR', 'STUDY_LANGUAGES',
            'SCRIPT_LANGUAGES', 'EXTRA_LANGUAGES', 'ALL_LANGUAGES', 'LANGUAGE_NAMES', 'SCRIPT_OF', 'MultilingError',
-           'parse_languages', 'check_param', 'set_seed', 'git_commit', 'file_hash', 'tensor_hash', 'provenance',
-           'atomic_path', 'write_json', 'checkpoint_dir', 'save_table', 'load_table', 'save_figure', 'output_dirs']
+           'parse_languages', 'check_param', 'set_seed', 'git_commit', 'file_hash', 'tensor_hash', 'notebook_path',
+           'notebook_defaults', 'param_text', 'param_value', 'remake_command', 'provenance', 'atomic_path',
+           'write_json', 'checkpoint_dir', 'save_table', 'load_table', 'save_figure', 'output_dirs']
 
 # %% ../nbs/00_core.ipynb 4
 def _find_root() -> Path:
@@ -125,19 +126,84 @@ def tensor_hash(tensors, n: int = 16) -> str:
         h.update(str(k).encode()); h.update(t.detach().to('cpu', torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:n]
 
-# %% ../nbs/00_core.ipynb 19
+# %% ../nbs/00_core.ipynb 20
+def notebook_path(notebook: str | Path | None, # a notebook's path, or its name without folder and extension ('20_liha')
+                 ) -> str | None:
+    "The notebook's path (relative to the repository when inside it), or `notebook` unchanged when no such notebook exists."
+    if notebook is None: return None
+    p = Path(notebook)
+    for cand in (p, Path('nbs') / p, Path('nbs') / f'{p.name}.ipynb'):
+        full = cand if cand.is_absolute() else REPO_ROOT / cand
+        if full.suffix == '.ipynb' and full.is_file():
+            try: return str(full.resolve().relative_to(REPO_ROOT.resolve()))
+            except ValueError: return str(full)
+    return str(notebook)
+
+def notebook_defaults(notebook: str | Path, # a notebook (path or name, see `notebook_path`)
+                     ) -> dict:
+    "The default parameters of a notebook: the assignments of its cell tagged `parameters` ({} when it has none)."
+    path = Path(notebook_path(notebook))
+    path = path if path.is_absolute() else REPO_ROOT / path
+    if not path.is_file(): raise MultilingError(f"no notebook {str(notebook)!r} (looked for {path})")
+    cells = [c for c in json.loads(path.read_text(encoding='utf-8'))['cells']
+             if 'parameters' in c.get('metadata', {}).get('tags', [])]
+    if len(cells) > 1: raise MultilingError(f"{path.name} has {len(cells)} cells tagged 'parameters': keep one")
+    defaults = {}
+    for node in ast.parse(''.join(cells[0]['source'])).body if cells else []:
+        name = node.targets[0].id if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) else None
+        try:
+            if name is None or len(node.targets) != 1: raise ValueError
+            defaults[name] = ast.literal_eval(node.value)
+        except ValueError:
+            raise MultilingError(f"line {node.lineno} of the parameters cell of {path.name} is not `name = literal`: papermill "
+                                 "parameters are plain values (numbers, strings, True/False/None, lists)") from None
+    return defaults
+
+# %% ../nbs/00_core.ipynb 22
+def param_text(value) -> str:
+    "A parameter value as typed on papermill's command line (`-p name text`): lists comma-separated, whole floats as integers."
+    if value is None or isinstance(value, bool): return str(value)
+    if isinstance(value, float) and value.is_integer(): return str(int(value))
+    if isinstance(value, (list, tuple)): return ','.join(param_text(v) for v in value)
+    if isinstance(value, dict): return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return str(value)
+
+def param_value(text: str):
+    "What papermill makes of `-p name text`: True, False, None, an int, a float, or the text itself."
+    if text in ('True', 'False', 'None'): return {'True': True, 'False': False, 'None': None}[text]
+    for kind in (int, float):
+        try: return kind(text)
+        except ValueError: pass
+    return text
+
+def remake_command(notebook: str | Path, # the notebook that made the result (path or name)
+                   params: dict | None = None, # the parameters the result recorded
+                   output: str | None = None, # the executed copy; default data/runs/<notebook file name>
+                  ) -> str:
+    "The papermill command that re-makes a result: its notebook and each recorded parameter that differs from the default."
+    notebook = notebook_path(notebook)
+    defaults, params = notebook_defaults(notebook), params or {}
+    args = [f'-p {k} {shlex.quote(param_text(params[k]))}' for k in defaults
+            if k in params and param_text(params[k]) != param_text(defaults[k])]
+    return ' '.join(['papermill -k python3', notebook, output or f'data/runs/{Path(notebook).name}', *args])
+
+# %% ../nbs/00_core.ipynb 24
 def provenance(model: str | None = None, # model spec as given by the user
                params: dict | None = None, # the run's parameters (papermill or CLI)
-               notebook: str | None = None, # the notebook (or script) that made the result
+               notebook: str | None = None, # the notebook (path or name, see `notebook_path`) or script that made the result
                **extra) -> dict:
-    "A JSON-able record of what made a result."
+    "A JSON-able record of what made a result, with the papermill `command` that re-makes it when a notebook made it."
     from multiling import __version__
-    rec = {'model': model, 'notebook': notebook, 'params': params or {}, 'multiling_version': __version__, 'commit': git_commit(),
-           'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
+    notebook = notebook_path(notebook)
+    rec = {'model': model, 'notebook': notebook, 'params': params or {}, 'multiling_version': __version__,
+           'commit': git_commit(), 'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
+    if notebook and notebook.endswith('.ipynb') and notebook_defaults(notebook):
+        rec['command'] = remake_command(notebook, params)
     rec.update(extra)
     return json.loads(json.dumps(rec, default=str))
 
-# %% ../nbs/00_core.ipynb 22
+
+# %% ../nbs/00_core.ipynb 27
 @contextmanager
 def atomic_path(path: str | Path):
     "Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it."
@@ -173,7 +239,7 @@ def checkpoint_dir(path: str | Path, # the sweep's checkpoint folder
     kf.write_text(json.dumps(key, default=str))
     return path
 
-# %% ../nbs/00_core.ipynb 26
+# %% ../nbs/00_core.ipynb 31
 def save_table(df, # a tidy pandas DataFrame
                stem: str, # file name without extension, e.g. 'liha_switch_rates'
                out_dir: str | Path, # folder: the notebook's `out_dir` parameter
@@ -199,7 +265,7 @@ def load_table(path: str | Path):
     if not path.exists(): raise MultilingError(f"no table at {path}: run the notebook that writes it first")
     return pd.read_parquet(path) if path.suffix == '.parquet' else pd.read_csv(path)
 
-# %% ../nbs/00_core.ipynb 29
+# %% ../nbs/00_core.ipynb 34
 def save_figure(fig, # a matplotlib Figure
                 stem: str, # same stem as the table it plots
                 out_dir: str | Path, # folder: the notebook's `fig_dir` parameter
@@ -215,7 +281,7 @@ def save_figure(fig, # a matplotlib Figure
     write_json({**(prov or {}), 'figure': stem, 'files': [p.name for p in paths]}, Path(out_dir) / f'{stem}.meta.json')
     return paths
 
-# %% ../nbs/00_core.ipynb 32
+# %% ../nbs/00_core.ipynb 37
 def output_dirs(out_dir: str | Path | None = None, fig_dir: str | Path | None = None) -> tuple[Path, Path]:
     "Resolve (and create) the results and figures folders; relative paths are taken from the repository root."
     out = Path(out_dir) if out_dir else RESULTS_DIR
