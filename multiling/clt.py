@@ -14,9 +14,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from .core import MultilingError, atomic_path, write_json, set_seed
-from .models import LoadedModel, load_model
-from .interventions import (Batch, Intervention, Steer, encode, forward, generate, module_events,
-                                     positions_from_mask, _run_trace, _walk_env, _full)
+from .models import Batch, LoadedModel, load_model
+from .interventions import Intervention, Steer, forward, generate
 
 # %% auto 0
 __all__ = ['Activations', 'real_token_mask', 'collect_activations', 'wide_to_texts', 'JumpReLU', 'CLTConfig', 'CLT', 'fit_scales',
@@ -64,7 +63,7 @@ def collect_activations(model: LoadedModel, # the model
     for i in tqdm(range(0, len(texts), batch_size), disable=not progress, desc='activations'):
         chunk = list(texts[i:i + batch_size])
         ids = [tok(t, add_special_tokens=False).input_ids[:max_length] for t in chunk]
-        batch = _batch_from_ids(model, ids, add_bos=None)
+        batch = model.encode(ids=ids)
         r = forward(model, batch, save=['mlp_in', 'mlp_out'])
         mask = real_token_mask(model, batch)
         ins.append(r['mlp_in'][:, mask].float().cpu()); outs.append(r['mlp_out'][:, mask].float().cpu())
@@ -74,17 +73,6 @@ def collect_activations(model: LoadedModel, # the model
         if max_tokens and n >= max_tokens: break
     acts = Activations(torch.cat(ins, 1), torch.cat(outs, 1), np.concatenate(lab), np.concatenate(tix))
     return acts.select(torch.arange(min(n, max_tokens))) if max_tokens and n > max_tokens else acts
-
-def _batch_from_ids(model: LoadedModel, ids: list[list[int]], add_bos: bool | None = None) -> Batch:
-    "A left-padded `Batch` from token id lists (BOS prepended as `encode` would)."
-    tok = model.tokenizer; bos = tok.bos_token_id
-    if add_bos is None: add_bos = bos is not None and tok('a').input_ids[:1] == [bos]
-    rows = [([bos] if add_bos else []) + list(r) for r in ids]
-    if any(len(r) == 0 for r in rows): raise MultilingError("a text has no tokens: drop empty texts")
-    width = max(map(len, rows)); pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
-    return Batch(input_ids, mask, positions_from_mask(mask))
 
 # %% ../nbs/14_clt.ipynb 7
 def wide_to_texts(wide: pd.DataFrame, # one column per language (e.g. `multiling.data.parallel_corpus`), one row per item
@@ -337,10 +325,10 @@ def spliced_forward(model: LoadedModel, clt: CLT, batch: Batch,
         with model.nn.trace(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False):
             feats = []
             for t in range(max(layers) + 1):
-                x = _walk_env(model.nn, _full(model, t, a.mlp_norm)).output
+                x = a.get(model.nn, a.mlp_norm, t).output
                 feats.append(clt.encode(x.to(torch.float32), t))
                 if t in layers:
-                    env = _walk_env(model.nn, _full(model, t, a.mlp))
+                    env = a.get(model.nn, a.mlp, t)
                     env.output = clt.decode_layer(feats, t).to(model.dtype)
             logits = model.nn.output.logits.save()
     return logits
@@ -353,7 +341,7 @@ def next_token_loss(model: LoadedModel, texts: Sequence[str], # the model and te
     tok = model.tokenizer; total, count = 0.0, 0
     for i in range(0, len(texts), batch_size):
         ids = [tok(t, add_special_tokens=False).input_ids[:max_length] for t in texts[i:i + batch_size]]
-        batch = _batch_from_ids(model, ids)
+        batch = model.encode(ids=ids)
         logits = forward(model, batch)['logits'] if clt is None else spliced_forward(model, clt, batch, layers)
         tgt = batch.input_ids[:, 1:]; m = batch.attention_mask[:, 1:].bool() & batch.attention_mask[:, :-1].bool()
         nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction='none').view(tgt.shape)
@@ -474,20 +462,12 @@ def probe_by_layer(acts: Activations, **kw) -> pd.DataFrame:
 def _norm_modules(model: LoadedModel) -> list[torch.nn.Module]:
     return [m for m in model.hf.modules() if isinstance(m, torch.nn.LayerNorm) or 'RMSNorm' in type(m).__name__]
 
-def _frozen_norm(mod, x, output, scale):
-    "The norm's output with its scale (std or RMS) replaced by `scale` (a constant)."
+def _frozen_norm(mod, x, gain, scale, dtype):
+    "The norm's output with its scale (std or RMS) replaced by `scale` (a constant); `gain` from `Adapter.norm_gain`."
     if isinstance(mod, torch.nn.LayerNorm):
-        y = (x - x.mean(-1, keepdim=True)) / scale
-        if mod.weight is not None: y = y * mod.weight
-        if mod.bias is not None: y = y + mod.bias
-        return y
-    y = x.float() / scale
-    w = getattr(mod, 'weight', None)
-    if w is not None:
-        # Gemma's RMSNorm multiplies by (1 + weight), Llama's by weight: keep whichever reproduces the module's output
-        y1, y2 = y * w.float(), y * (1.0 + w.float())
-        y = y1 if (y1.detach() - output.float()).abs().max() <= (y2.detach() - output.float()).abs().max() else y2
-    return y.to(output.dtype)
+        y = (x - x.mean(-1, keepdim=True)) / scale * gain
+        return y + mod.bias if mod.bias is not None else y
+    return (x.float() / scale * gain.float()).to(dtype)
 
 def _norm_scale(mod, x):
     if isinstance(mod, torch.nn.LayerNorm):
@@ -524,7 +504,7 @@ def frozen_model(model: LoadedModel, # the model
     def norm_hook(mod, inputs, output):
         x = inputs[0]; s = _norm_scale(mod, x)
         if record is not None: s = record.setdefault(('norm',) + key(mod), s)
-        return _frozen_norm(mod, x, output, s)
+        return _frozen_norm(mod, x, model.adapter.norm_gain(mod), s, output.dtype)
     handles = [m.register_forward_hook(norm_hook) for m in _norm_modules(model)]
     def reset(*_): calls.clear()
     handles.append(model.hf.register_forward_pre_hook(reset))
@@ -588,7 +568,7 @@ def attribution_edges(model: LoadedModel, clt: CLT, prompt: str | Batch,
                       max_nodes: int = 200, # candidate target features (the most strongly active ones) whose incoming edges are computed
                       add_bos: bool | None = None):
     "Active feature nodes and the dense direct-effect matrix among them and to the target (row/col n = target)."
-    batch = prompt if isinstance(prompt, Batch) else encode(model, [prompt], add_bos=add_bos)
+    batch = model.encode([prompt], add_bos=add_bos) if isinstance(prompt, str) else prompt
     run = _ReplacementRun(model, clt.float().to(model.device), batch)
     acts = run.acts; L, P, Fn = acts.shape
     active = (acts > 0).nonzero()                                        # [n, 3] (layer, pos, feature)
@@ -735,7 +715,7 @@ def continuation_perplexity(model: LoadedModel, prompts: Sequence[str], continua
         C = [tok(c, add_special_tokens=False).input_ids for c in continuations[i:i + batch_size]]
         keep = [j for j, c in enumerate(C) if len(c)]
         if not keep: continue
-        batch = _batch_from_ids(model, [P[j] + C[j] for j in keep])
+        batch = model.encode(ids=[P[j] + C[j] for j in keep])
         logits = forward(model, batch, interventions)['logits'].float()
         lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
         for k, j in enumerate(keep):

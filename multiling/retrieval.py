@@ -10,13 +10,13 @@ import pandas as pd
 import torch
 from .core import MultilingError, parse_languages, STUDY_LANGUAGES
 from .models import LoadedModel
-from .interventions import Batch, positions_from_mask, forward, generate, ablate_heads, Intervention
+from .interventions import forward, generate, ablate_heads, Intervention
 from .tasks import STEP_BY_STEP
 
 # %% auto 0
-__all__ = ['NEEDLES', 'NEEDLE_VALUES', 'tokenize_with_spans', 'pad_batch', 'NeedlePrompt', 'needle_prompt',
-           'build_needle_prompts', 'retrieval_hits', 'transition_hits', 'span_mass', 'answer_attention', 'score_heads',
-           'head_table', 'top_heads', 'random_heads', 'jaccard', 'is_correct', 'needle_accuracy', 'step_by_step_prompt',
+__all__ = ['NEEDLES', 'NEEDLE_VALUES', 'tokenize_with_spans', 'NeedlePrompt', 'needle_prompt', 'build_needle_prompts',
+           'retrieval_hits', 'transition_hits', 'span_mass', 'answer_attention', 'score_heads', 'head_table',
+           'top_heads', 'random_heads', 'jaccard', 'is_correct', 'needle_accuracy', 'step_by_step_prompt',
            'answer_logprob', 'masking_sweep', 'masking_contrast']
 
 # %% ../nbs/13_retrieval.ipynb 5
@@ -54,10 +54,6 @@ NEEDLE_VALUES = {  # value id -> its word in each study language (words common i
 }
 
 # %% ../nbs/13_retrieval.ipynb 8
-def _adds_bos(model: LoadedModel) -> bool:
-    tok = model.tokenizer; bos = tok.bos_token_id
-    return bos is not None and tok('a').input_ids[:1] == [bos]
-
 def tokenize_with_spans(model: LoadedModel, # a loaded model (its tokenizer must be a fast one)
                         text: str, # the full text
                         spans: dict, # name -> (char_start, char_end) in `text`
@@ -68,21 +64,13 @@ def tokenize_with_spans(model: LoadedModel, # a loaded model (its tokenizer must
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offs = list(enc.input_ids), list(enc.offset_mapping)
     shift = 0
-    if _adds_bos(model): ids, offs, shift = [tok.bos_token_id] + ids, [(0, 0)] + offs, 1
+    if model.adds_bos: ids, offs, shift = [tok.bos_token_id] + ids, [(0, 0)] + offs, 1
     out = {}
     for name, (a, b) in spans.items():
         idx = [i for i, (s, e) in enumerate(offs) if i >= shift and e > a and s < b]
         if not idx: raise MultilingError(f"span {name!r} ({a}, {b}) covers no token")
         out[name] = (idx[0], idx[-1] + 1)
     return ids, out
-
-def pad_batch(model: LoadedModel, rows: list[list[int]]) -> Batch:
-    "Left-padded `Batch` of token-id lists (the layout `interventions.encode` produces)."
-    tok = model.tokenizer; width = max(map(len, rows))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], device=model.device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
-    return Batch(ids, mask, positions_from_mask(mask))
 
 # %% ../nbs/13_retrieval.ipynb 11
 @dataclass
@@ -154,7 +142,7 @@ def build_needle_prompts(model: LoadedModel, # the model (its tokenizer sizes th
     values = list(values or NEEDLE_VALUES)
     pairs = [(l, l) for l in langs] if pairs is None else [tuple(p) for p in pairs]
     used = sorted({l for p in pairs for l in p})
-    ctx = _context_length(model)
+    ctx = model.context_length
     tok = model.tokenizer
     count = lambda s: len(tok(s, add_special_tokens=False).input_ids)
     rng = np.random.default_rng(seed)
@@ -181,9 +169,8 @@ def build_needle_prompts(model: LoadedModel, # the model (its tokenizer sizes th
     return out
 
 def _context_length(model: LoadedModel) -> int:
-    c = model.hf.config
-    c = getattr(c, 'text_config', c)
-    return int(getattr(c, 'n_positions', None) or getattr(c, 'max_position_embeddings', None) or 2048)
+    "Kept for notebook 26 until it reads `model.context_length` (issue 19)."
+    return model.context_length
 
 # %% ../nbs/13_retrieval.ipynb 14
 def _argmax_keys(attn: torch.Tensor) -> torch.Tensor:
@@ -225,7 +212,7 @@ def answer_attention(model: LoadedModel, # the model
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         full = [list(p) + list(a) for p, a in chunk]
-        batch = pad_batch(model, full)
+        batch = model.encode(ids=full, add_bos=False)
         res = forward(model, batch, interventions=interventions, attentions=True)
         att = res['attentions']  # [L, b, H, q, k]
         W = batch.input_ids.shape[1]
@@ -325,7 +312,8 @@ def answer_logprob(model: LoadedModel, prompts: list[NeedlePrompt], intervention
     for s in range(0, len(todo), batch_size):
         idx = todo[s:s + batch_size]
         full = [list(prompts[i].ids) + list(prompts[i].answer_ids) for i in idx]
-        batch = pad_batch(model, full); W = batch.input_ids.shape[1]
+        batch = model.encode(ids=full, add_bos=False)
+        W = batch.input_ids.shape[1]
         logits = forward(model, batch, interventions=interventions)['logits']
         for j, i in enumerate(idx):
             p = prompts[i]; n = len(p.answer_ids)
@@ -393,4 +381,3 @@ def masking_contrast(runs: pd.DataFrame, # from `masking_sweep` (several sweeps 
         rows.append({**dict(zip(by, key)), 'a': a, 'b': b, 'n': len(d), 'mean_a': per[a].mean(), 'mean_b': per[b].mean(),
                      'diff': d.mean(), 'diff_low': lo, 'diff_high': hi, 'p': p})
     return pd.DataFrame(rows)
-

@@ -81,7 +81,7 @@ def model_prompt(model: LoadedModel, # whose format
     if getattr(tok, 'chat_template', None):
         p = tok.apply_chat_template([{'role': 'user', 'content': text}], tokenize=False, add_generation_prompt=True)
         bos = tok.bos_token
-        if bos and p.startswith(bos) and tok('a').input_ids[:1] == [tok.bos_token_id]: p = p[len(bos):]
+        if bos and p.startswith(bos) and model.adds_bos: p = p[len(bos):]   # the model's encode adds it
         return p
     return text.strip() + '\n'
 
@@ -313,11 +313,8 @@ def fit_context(model: LoadedModel, # its context length decides
                 prompts: pd.DataFrame, # from `scenario_prompts`
                 max_new_tokens: int) -> pd.DataFrame:
     "Drop every item any of whose prompts cannot be followed by `max_new_tokens` tokens within the model's context (the same items in every scenario)."
-    cfg = model.hf.config
-    ctx = getattr(cfg, 'n_positions', None) or getattr(cfg, 'max_position_embeddings', None)
-    if not ctx: return prompts
-    from multiling.interventions import encode
-    lengths = np.array([encode(model, [p]).input_ids.shape[1] for p in prompts.prompt])
+    ctx = model.context_length
+    lengths = np.array([model.encode([p]).input_ids.shape[1] for p in prompts.prompt])
     too_long = set(prompts.item_id[lengths + max_new_tokens > ctx])
     kept = prompts[~prompts.item_id.isin(too_long)].reset_index(drop=True)
     kept.attrs['dropped_items'] = sorted(too_long)

@@ -90,7 +90,7 @@ def test_answer_attention_matches_single_pass(model, corpus):
     ps = R.build_needle_prompts(model, corpus, 'en,fr', lengths=(30,), depths=(0.5,), pairs=[('en', 'en'), ('en', 'fr')])
     att = R.answer_attention(model, [(p.ids, p.answer_ids) for p in ps], batch_size=2)
     for p, a in zip(ps, att):
-        one = forward(model, R.pad_batch(model, [p.ids + p.answer_ids]), attentions=True)['attentions'][:, 0]
+        one = forward(model, model.encode(ids=[p.ids + p.answer_ids], add_bos=False), attentions=True)['attentions'][:, 0]
         n = len(p.ids)
         assert torch.allclose(a, one[:, :, n - 1:n - 1 + len(p.answer_ids)].float(), atol=1e-5)
 
@@ -99,7 +99,7 @@ def test_masking_wiring_changes_logits(model, corpus):
     "Masking goes through interventions.ablate_heads: ablating all heads changes the output, ablating none does not."
     from multiling.interventions import forward, ablate_heads
     ps = R.build_needle_prompts(model, corpus, 'en', lengths=(30,), depths=(0.5,))
-    batch = R.pad_batch(model, [ps[0].ids])
+    batch = model.encode(ids=[ps[0].ids], add_bos=False)
     clean = forward(model, batch)['logits']
     assert torch.allclose(forward(model, batch, interventions=ablate_heads())['logits'], clean)
     masked = forward(model, batch, interventions=ablate_heads(*model.adapter.heads))['logits']
