@@ -5,7 +5,6 @@
 # %% ../nbs/06_plots.ipynb 3
 from __future__ import annotations
 import inspect
-import textwrap
 from dataclasses import dataclass
 import matplotlib
 import matplotlib.pyplot as plt
@@ -192,6 +191,19 @@ def _mark(ax, **flags):
     "Record what was drawn on `ax` (rate axis, intervals) for `check_figure`."
     ax.__dict__.setdefault('_multiling', {}).update(flags)
 
+def _text_width(text: str, fontsize: float) -> float:
+    "Width in inches of `text` at `fontsize` in the current font."
+    prop = matplotlib.font_manager.FontProperties(size=fontsize)
+    return matplotlib.textpath.TextToPath().get_text_width_height_descent(text, prop, ismath=False)[0] / 72
+
+def _wrap(text: str, inches: float, fontsize: float = FONT_SIZE) -> str:
+    "`text` wrapped (at spaces, measured in the current font) into lines at most `inches` wide."
+    lines, room = [], 0.92 * inches   # rendering at screen resolution (hinting) draws text a few percent wider
+    for word in text.split():
+        if lines and _text_width(lines[-1] + ' ' + word, fontsize) <= room: lines[-1] += ' ' + word
+        else: lines.append(word)
+    return '\n'.join(lines)
+
 def caption(fig, text: str, fontsize: float | None = None):
     "Write `text` under the axes of `fig`, wrapped to its width; the figure grows by the caption's height (its width stays)."
     fs = fontsize or FONT_SIZE - 1
@@ -200,7 +212,7 @@ def caption(fig, text: str, fontsize: float | None = None):
     if old is not None:
         old[0].remove(); h -= old[1]
     if not text: return fig
-    lines = textwrap.wrap(text, width=max(20, int(w * 72 / (fs * 0.52))))
+    lines = _wrap(text, w - 0.1, fs).split('\n')
     extra = (len(lines) * fs * 1.3 + fs) / 72
     fig.set_size_inches(w, h + extra)
     frac = extra / (h + extra)
@@ -213,7 +225,10 @@ def caption(fig, text: str, fontsize: float | None = None):
 
 def finish(fig, text: str = ''):
     "Caption `fig` with the notes of its axes (n, what the intervals are) and `text`; returns the figure."
-    notes = list(dict.fromkeys(s for ax in fig.axes for s in ax.__dict__.get('_multiling_notes', [])))
+    per_ax = [(ax.get_title(), ax.__dict__.get('_multiling_notes', [])) for ax in fig.axes]
+    per_ax = [(t, ns) for t, ns in per_ax if ns]
+    shared = [s for s in dict.fromkeys(s for _, ns in per_ax for s in ns) if all(s in ns for _, ns in per_ax)]
+    notes = shared + [f'{t}: {s}' if t and len(per_ax) > 1 else s for t, ns in per_ax for s in ns if s not in shared]
     body = ' '.join(s if s.endswith('.') else s + '.' for s in [*notes, text] if s)
     return caption(fig, body)
 
@@ -341,7 +356,7 @@ def heatmap(df: pd.DataFrame, row: str, col: str, value: str, # rows, columns an
     sns.heatmap(grid, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, cbar_kws={'label': _wrap(label(value), 2.0)},
                 linewidths=0.2, linecolor='white')
     if annotate_top:
-        flat = grid.stack().sort_values(ascending=False).head(annotate_top)
+        flat = grid.stack().dropna().sort_values(ascending=False).head(annotate_top)
         for (r, c), v in flat.items():
             ax.text(list(grid.columns).index(c) + 0.5, list(grid.index).index(r) + 0.5, f'{v:.2f}'.lstrip('0') if 0 < v < 1 else f'{v:.2g}',
                     ha='center', va='center', fontsize=MIN_FONT_SIZE, color='white' if v > (vmax or 1) * 0.55 else 'black')
@@ -352,20 +367,18 @@ def heatmap(df: pd.DataFrame, row: str, col: str, value: str, # rows, columns an
     if lohi:   # a heat map cannot draw an interval per cell: the caption gives those of the top cells
         name = cell_name or (lambda r, c: f'{value_label(r)}/{value_label(c)}')
         cells = df.groupby([row, col], as_index=False)[[value, *lohi]].mean()
-        note(ax, top_cells_text(cells.rename(columns=dict(zip(lohi, ('ci_low', 'ci_high')))), value,
-                                lambda r: name(r[row], r[col]), max(1, annotate_top)) + ' (95% intervals)')
+        top = top_cells_text(cells.rename(columns=dict(zip(lohi, ('ci_low', 'ci_high')))), value,
+                             lambda r: name(r[row], r[col]), max(1, annotate_top))
+        note(ax, top + (' (95% intervals)' if top.startswith('top') else ''))
     if grid.isna().any().any(): note(ax, 'grey: no data')
     _mark(ax, rate_colour=k == 'rate', interval=bool(lohi))
     return finish(fig) if fig else ax.figure
 
-def _wrap(text: str, inches: float, fontsize: float = FONT_SIZE) -> str:
-    "`text` wrapped to lines that fit `inches` at `fontsize`."
-    return textwrap.fill(text, width=max(12, int(inches * 72 / (fontsize * 0.55))))
-
 def top_cells_text(df: pd.DataFrame, value: str, name, k: int = 3, fmt: str = '.3f') -> str:
     "'top: L0H4 .033 [.006, .17], ...': the `k` largest values with their intervals (`name`: a column or a row -> text)."
     _need(df, [value, 'ci_low', 'ci_high'])
-    top = df.sort_values(value, ascending=False, kind='stable').head(k)
+    top = df.dropna(subset=[value]).sort_values(value, ascending=False, kind='stable').head(k)
+    if top.empty: return 'no value to show'
     f = lambda v: format(v, fmt).replace('0.', '.', 1) if abs(v) < 1 else format(v, fmt)
     names = top[name] if isinstance(name, str) else top.apply(name, axis=1)
     return 'top: ' + ', '.join(f'{nm} {f(r[value])} [{f(r.ci_low)}, {f(r.ci_high)}]' for nm, (_, r) in zip(names, top.iterrows()))

@@ -87,12 +87,13 @@ def grouped_proportion_ci(df: pd.DataFrame, by: list[str], value: str, level: fl
     if v.isna().any() or not v.isin([0, 1, True, False]).all():
         raise MultilingError(f"grouped_proportion_ci: {value!r} must hold only 0/1 (or booleans) without gaps; "
                              "drop undefined rows first, or use grouped_bootstrap_ci for a mean of other values")
+    by = list(by or [])
     rows = []
     for key, g in _groups(df, by):
         n, k = len(g), int(g[value].astype(int).sum())
         lo, hi = wilson_ci(k, n, level)
         rows.append({**key, 'n': n, 'k': k, value: k / n, 'ci_low': float(lo), 'ci_high': float(hi)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*by, 'n', 'k', value, 'ci_low', 'ci_high'])
 
 def cluster_bootstrap_ci(df: pd.DataFrame, by: list[str], # groups (e.g. ['layer']); [] for one group
                          value: str, # the column averaged over a group's rows (NaN rows are left out)
@@ -100,6 +101,7 @@ def cluster_bootstrap_ci(df: pd.DataFrame, by: list[str], # groups (e.g. ['layer
                          n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     "Per group: mean of `value` over its rows, with a percentile bootstrap that resamples whole clusters, not rows."
     d = df.dropna(subset=[value])
+    by = list(by or [])
     rows = []
     for key, g in _groups(d, by):
         per = g.groupby(cluster)[value].agg(['sum', 'count'])
@@ -108,7 +110,7 @@ def cluster_bootstrap_ci(df: pd.DataFrame, by: list[str], # groups (e.g. ['layer
         with np.errstate(invalid='ignore', divide='ignore'): boots = (w @ s) / (w @ c)
         lo, hi = _quantiles(boots, level)
         rows.append({**key, 'n': len(g), 'n_clusters': len(s), value: s.sum() / c.sum(), 'ci_low': float(lo), 'ci_high': float(hi)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*by, 'n', 'n_clusters', value, 'ci_low', 'ci_high'])
 
 def bootstrap_share_ci(df: pd.DataFrame, group: str, # the column whose levels split the total (e.g. 'layer')
                        value: str, # summed (e.g. a 0/1 switch)
@@ -127,7 +129,7 @@ def bootstrap_share_ci(df: pd.DataFrame, group: str, # the column whose levels s
         for i, level_ in enumerate(m.columns):
             rows.append({**key, group: level_, 'n_units': len(x), value: x[:, i].sum(), 'total': total,
                          'share': share[i], 'ci_low': lo[i], 'ci_high': hi[i]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*(by or []), group, 'n_units', value, 'total', 'share', 'ci_low', 'ci_high'])
 
 
 # %% ../nbs/05_stats.ipynb 12
