@@ -99,7 +99,9 @@ def cluster_bootstrap_ci(df: pd.DataFrame, by: list[str], # groups (e.g. ['layer
                          value: str, # the column averaged over a group's rows (NaN rows are left out)
                          cluster: str | list[str], # the unit resampled whole (e.g. the prompt: ['lang', 'prompt_id'])
                          n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    "Per group: mean of `value` over its rows, with a percentile bootstrap that resamples whole clusters, not rows."
+    """Per group: mean of `value` over its rows, with a percentile bootstrap that resamples whole clusters, not rows.
+    A 0/1 `value` that is 0 (or 1) on every row cannot vary under resampling: its interval is then the Wilson interval
+    of 0 (or all) of `n_clusters`, each cluster counted once."""
     d = df.dropna(subset=[value])
     by = list(by or [])
     rows = []
@@ -109,6 +111,8 @@ def cluster_bootstrap_ci(df: pd.DataFrame, by: list[str], # groups (e.g. ['layer
         w = _resample_weights(len(s), n_boot, seed)
         with np.errstate(invalid='ignore', divide='ignore'): boots = (w @ s) / (w @ c)
         lo, hi = _quantiles(boots, level)
+        if g[value].isin([0, 1]).all() and g[value].nunique() == 1:
+            lo, hi = wilson_ci(len(s) * g[value].iat[0], len(s), level)
         rows.append({**key, 'n': len(g), 'n_clusters': len(s), value: s.sum() / c.sum(), 'ci_low': float(lo), 'ci_high': float(hi)})
     return pd.DataFrame(rows, columns=[*by, 'n', 'n_clusters', value, 'ci_low', 'ci_high'])
 
@@ -117,7 +121,8 @@ def bootstrap_share_ci(df: pd.DataFrame, group: str, # the column whose levels s
                        unit: str | list[str], # resampled whole (e.g. the prompt)
                        by: list[str] | None = None, # separate tables (e.g. ['model'])
                        n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    "Share of the total of `value` in each level of `group`, with a bootstrap over `unit`s; NaN where the total is 0."
+    """Share of the total of `value` in each level of `group`, with a bootstrap over `unit`s; NaN where the total is 0.
+    A share of exactly 0 or 1 cannot vary under resampling: its interval is the Wilson interval of 0 (or all) of the total."""
     rows = []
     for key, g in _groups(df, by):
         m = g.pivot_table(index=unit, columns=group, values=value, aggfunc='sum', fill_value=0).sort_index(axis=1)
@@ -126,6 +131,8 @@ def bootstrap_share_ci(df: pd.DataFrame, group: str, # the column whose levels s
         with np.errstate(invalid='ignore', divide='ignore'): boots = boots / boots.sum(1, keepdims=True)
         lo, hi = _quantiles(boots, level)
         share = x.sum(0) / total if total > 0 else np.full(x.shape[1], np.nan)
+        for i in np.flatnonzero(np.isin(share, (0.0, 1.0))):
+            lo[i], hi[i] = wilson_ci(share[i] * total, total, level)
         for i, level_ in enumerate(m.columns):
             rows.append({**key, group: level_, 'n_units': len(x), value: x[:, i].sum(), 'total': total,
                          'share': share[i], 'ci_low': lo[i], 'ci_high': hi[i]})
