@@ -5,7 +5,7 @@ attention and a 4,096-token vocabulary, and the steps in between, measured side 
 
 Each configuration is timed in rounds that interleave the configurations (so that a machine whose speed drifts
 affects all of them alike): a GPT-2 of the `small` shape on random token ids, the same AdamW, autocast and gradient
-clipping as `multiling.organisms._train_loop`. Prints the median seconds per step of each configuration, its
+clipping as `multiling.organisms.train_loop`. Prints the median seconds per step of each configuration, its
 ratio to the old recipe, and the text per second it buys (tokens/s x characters per token of its vocabulary, taken
 from a tokenizer trained on the balanced mixture's text).
 """
@@ -22,13 +22,13 @@ CONFIGS = {  # name: (vocab_size, precision, attention)
 }
 
 def make(vocab, attention):
-    from multiling.organisms import SIZES, _optimizer
+    from multiling.organisms import SIZES, optimizer
     s = SIZES['small']
     cfg = GPT2Config(vocab_size=vocab, n_positions=s['n_positions'], n_embd=s['n_embd'], n_layer=s['n_layer'], n_head=s['n_head'],
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(0)
     m = GPT2LMHeadModel(cfg); m.config._attn_implementation = attention; m.train()
-    opt = _optimizer(m, 1e-3)   # the training loop's own
+    opt = optimizer(m, 1e-3)   # the training loop's own
     x = torch.randint(0, vocab, (s['batch_size'], s['n_positions']))
     return m, opt, x
 

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from .core import MultilingError, atomic_path, write_json, set_seed
-from .models import Batch, LoadedModel, load_model
+from .models import Batch, LoadedModel, load_model, next_token_logprobs
 from .interventions import Intervention, Steer, forward, generate
 
 # %% auto 0
@@ -338,14 +338,15 @@ def next_token_loss(model: LoadedModel, texts: Sequence[str], # the model and te
                     layers: Sequence[int] | None = None, # layers spliced (with `clt`)
                     batch_size: int = 16, max_length: int = 64) -> float:
     "Mean next-token cross-entropy (nats) over the real tokens of `texts`, clean or with the CLT spliced in."
-    tok = model.tokenizer; total, count = 0.0, 0
+    tok = model.tokenizer
+    total, count = 0.0, 0
     for i in range(0, len(texts), batch_size):
         ids = [tok(t, add_special_tokens=False).input_ids[:max_length] for t in texts[i:i + batch_size]]
         batch = model.encode(ids=ids)
         logits = forward(model, batch)['logits'] if clt is None else spliced_forward(model, clt, batch, layers)
-        tgt = batch.input_ids[:, 1:]; m = batch.attention_mask[:, 1:].bool() & batch.attention_mask[:, :-1].bool()
-        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction='none').view(tgt.shape)
-        total += float(nll[m].sum()); count += int(m.sum())
+        logp, scored = next_token_logprobs(logits, batch)
+        total -= float(logp[scored].sum())
+        count += int(scored.sum())
     return total / max(count, 1)
 
 # %% ../nbs/14_clt.ipynb 27
@@ -716,8 +717,7 @@ def continuation_perplexity(model: LoadedModel, prompts: Sequence[str], continua
         keep = [j for j, c in enumerate(C) if len(c)]
         if not keep: continue
         batch = model.encode(ids=[P[j] + C[j] for j in keep])
-        logits = forward(model, batch, interventions)['logits'].float()
-        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+        lp, _ = next_token_logprobs(forward(model, batch, interventions)['logits'], batch)
         for k, j in enumerate(keep):
             n = len(C[j]); out[i + j] = float(torch.exp(-lp[k, -n:].mean()))
     return out
@@ -768,25 +768,26 @@ def finetune_lm(model: LoadedModel, texts: Sequence[str], # model (copied, not c
                 steps: int = 100, lr: float = 3e-4, batch_size: int = 8, seq_len: int = 64, seed: int = 0,
                 progress: bool = False) -> LoadedModel:
     "A copy of `model` trained further on `texts` (causal LM, packed sequences); returns a new `LoadedModel`."
-    from tqdm.auto import trange
     from multiling.models import wrap_model
+    from multiling.organisms import train_loop
     if not len(texts): raise MultilingError("no fine-tuning texts")
     set_seed(seed)
-    hf = copy.deepcopy(model.hf).float().train()
-    tok = model.tokenizer; eos = tok.eos_token_id if tok.eos_token_id is not None else 0
+    hf = copy.deepcopy(model.hf).float()
+    tok = model.tokenizer
+    eos = tok.eos_token_id if tok.eos_token_id is not None else 0
     stream = []
     for t in texts: stream += tok(t, add_special_tokens=False).input_ids + [eos]
     need = seq_len + 1
     if len(stream) < need: raise MultilingError(f"fine-tuning texts hold {len(stream)} tokens; need at least {need}")
-    data = torch.tensor(stream); n_seq = (len(data) - 1) // seq_len
-    opt = torch.optim.AdamW(hf.parameters(), lr=lr, weight_decay=0.0)
+    data = torch.tensor(stream)
     g = torch.Generator().manual_seed(seed)
-    for step in trange(steps, disable=not progress, desc='fine-tune'):
+    def windows(step):   # random windows, drawn in step order from one generator (no resume: no checkpoints)
         starts = torch.randint(0, len(data) - need + 1, (batch_size,), generator=g)
-        x = torch.stack([data[s:s + need] for s in starts]).to(model.device)
-        out = hf(input_ids=x[:, :-1], labels=x[:, :-1])  # HF shifts labels itself
-        opt.zero_grad(); out.loss.backward(); torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0); opt.step()
-    hf.eval().to(model.dtype)
+        x = torch.stack([data[s:s + need] for s in starts])
+        return dict(input_ids=x[:, :-1], labels=x[:, :-1])   # HF shifts the labels itself
+    train_loop(hf, windows, steps, lr, schedule='constant', weight_decay=0.0, betas=(0.9, 0.999), device=str(model.device),
+               desc='fine-tune', progress=progress)
+    hf.to(model.dtype)
     return wrap_model(hf, tok, name=f'{model.name}+ft', source='in-memory')
 
 def feature_diff(sel_a: pd.DataFrame, sel_b: pd.DataFrame, # `language_selectivity` of model A (base) and B, same CLT features

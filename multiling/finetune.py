@@ -4,9 +4,8 @@
 
 # %% ../nbs/12_finetune.ipynb 3
 from __future__ import annotations
-import copy, tempfile, time
+import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
@@ -113,7 +112,7 @@ def finetune(model: LoadedModel, # the model to start from (left unchanged)
              name: str | None = None, # name of the fine-tuned copy; default `<model>+ft-<mode>`
             ) -> FinetuneResult:
     "Fine-tune a deep copy of `model` on `examples` (loss on the responses), training only what `mode` says."
-    from multiling.organisms import _train_loop
+    from multiling.organisms import train_loop
     from multiling.core import set_seed
     steps = check_param('steps', steps, int, 1); batch_size = check_param('batch_size', batch_size, int, 1)
     lr = check_param('lr', lr, float, 0.0)
@@ -128,9 +127,8 @@ def finetune(model: LoadedModel, # the model to start from (left unchanged)
     tmp = wrap_model(hf, model.tokenizer, name='tmp')
     make = lambda step: sft_batch(tmp, examples.iloc[rng_rows(step)])
     run = dict(mode=mode, k=k, steps=steps, lr=lr, seed=seed)
-    with tempfile.TemporaryDirectory() as out:
-        res = _train_loop(hf, make, steps, Path(out), run, lr, max(1, steps // 10), False, str(model.device),
-                          checkpoint_every=steps + 1, desc=f'fine-tune {mode}' + (f' k={k}' if mode == 'last_k' else ''))
+    res = train_loop(hf, make, steps, lr, warmup=max(1, steps // 10), run=run, device=str(model.device),
+                     desc=f'fine-tune {mode}' + (f' k={k}' if mode == 'last_k' else ''))
     for p in hf.parameters(): p.requires_grad_(True)
     hf.eval()
     label = name or f"{model.name}+ft-{'last' + str(k) if mode == 'last_k' else 'full'}"

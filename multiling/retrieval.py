@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 from .core import MultilingError, parse_languages, STUDY_LANGUAGES
-from .models import LoadedModel
+from .models import LoadedModel, next_token_logprobs
 from .interventions import forward, generate, ablate_heads, Intervention
 from .tasks import STEP_BY_STEP
 
@@ -313,13 +313,10 @@ def answer_logprob(model: LoadedModel, prompts: list[NeedlePrompt], intervention
         idx = todo[s:s + batch_size]
         full = [list(prompts[i].ids) + list(prompts[i].answer_ids) for i in idx]
         batch = model.encode(ids=full, add_bos=False)
-        W = batch.input_ids.shape[1]
         logits = forward(model, batch, interventions=interventions)['logits']
-        for j, i in enumerate(idx):
-            p = prompts[i]; n = len(p.answer_ids)
-            q = torch.arange(W - n - 1, W - 1, device=logits.device)
-            lp = torch.log_softmax(logits[j, q].float(), -1)
-            out[i] = lp[torch.arange(n), torch.as_tensor(p.answer_ids, device=lp.device)].mean().item()
+        for j, i in enumerate(idx):   # the answer ends its row: its tokens are the row's last predictions
+            lp, _ = next_token_logprobs(logits[j:j + 1], batch.select([j]), last=len(prompts[i].answer_ids))
+            out[i] = lp.mean().item()
         del logits
     return out
 
