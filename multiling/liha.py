@@ -5,6 +5,7 @@
 # %% ../nbs/08_liha.ipynb 3
 from __future__ import annotations
 import argparse, json, sys, time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np, pandas as pd
@@ -14,12 +15,13 @@ from . import stats
 # %% auto 0
 __all__ = ['STOP_MARGIN', 'METHODS', 'STOP_EVERY', 'COMPENSATION_METRICS', 'decision_text', 'decided', 'parse_heads',
            'switch_rates', 'first_divergence', 'shortcut_generate', 'liha_generations', 'broadcasters', 'summarize',
-           'liha_table', 'liha_cli', 'language_token_weights', 'language_directions', 'norm_affine', 'norm_scale',
+           'liha_cli', 'language_token_weights', 'language_directions', 'norm_affine', 'norm_scale',
            'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads', 'head_dla',
-           'compensation', 'compensation_layers']
+           'CompensationRuns', 'compensation_runs', 'compensation_table', 'compensation', 'control_heads',
+           'compensation_specificity', 'generation_layer_change']
 
 # %% ../nbs/08_liha.ipynb 4
-STOP_MARGIN = 8  # characters beyond `decide_chars` before a row may stop (see the decision rule)
+STOP_MARGIN = 2  # characters beyond `decide_chars` before a row may stop (see the decision rule)
 
 def decision_text(text: str, # a continuation
                   decide_chars: int = 48, # characters the language decision uses
@@ -30,9 +32,10 @@ def decision_text(text: str, # a continuation
 def decided(texts: list[str], # continuations so far
             decide_chars: int = 48) -> list[bool]:
     "True for rows whose decision prefix can no longer change (the `stop` callback of the fast sweep)."
-    return [len(t) > decide_chars + STOP_MARGIN for t in texts]
+    # a trailing U+FFFD is a partial multi-byte character that the next token may complete (and shorten the text)
+    return [len(t.rstrip("\ufffd")) >= decide_chars + STOP_MARGIN for t in texts]
 
-# %% ../nbs/08_liha.ipynb 6
+# %% ../nbs/08_liha.ipynb 8
 def parse_heads(spec: str | Sequence | None, # 'L:H,L:H', a list of (L, H), or None for all heads
                 n_layers: int, n_heads: int) -> list[tuple[int, int]]:
     "Validated, sorted list of heads to sweep."
@@ -49,7 +52,7 @@ def parse_heads(spec: str | Sequence | None, # 'L:H,L:H', a list of (L, H), or N
     if not out: raise MultilingError("no heads to sweep: give --heads L:H,... or leave it out for all heads")
     return sorted(set(out))
 
-# %% ../nbs/08_liha.ipynb 8
+# %% ../nbs/08_liha.ipynb 10
 def switch_rates(gens: pd.DataFrame, # one row per (layer, head, lang, prompt_id) with `clean_lang`, `ablated_lang`
                  n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     "Tidy SR table: per head and language, plus language='all' (pooled), with bootstrap CI over prompts and z over heads."
@@ -72,7 +75,7 @@ def switch_rates(gens: pd.DataFrame, # one row per (layer, head, lang, prompt_id
         out.loc[idx, 'z'] = stats.zscores(out.loc[idx, 'switch_rate'].fillna(0))
     return out
 
-# %% ../nbs/08_liha.ipynb 10
+# %% ../nbs/08_liha.ipynb 12
 def _long_rows(prompts: pd.DataFrame, languages: list[str]) -> pd.DataFrame:
     "A long prompt table (`id` or `prompt_id`, `lang`, `prompt`; e.g. a shard of `data.prompts_long`) as the sweep's rows."
     long = prompts.rename(columns={'id': 'prompt_id'})
@@ -104,7 +107,7 @@ def _detector(languages):
     return get_detector(languages).detect_batch
 
 METHODS = ('fast', 'shortcut', 'naive')
-STOP_EVERY = 2  # the early-stop rule is asked every this many generated tokens
+STOP_EVERY = 1  # the early-stop rule is asked every this many generated tokens (decoding is cheap next to a step)
 
 def _gen(model, prompts, interventions, method, max_new_tokens, batch_size, decide_chars, **kw):
     "Greedy continuations; all methods but 'naive' stop a row once its decision text is settled (`decided`)."
@@ -158,7 +161,7 @@ def shortcut_generate(model, # a LoadedModel
         for (r, _), t in zip(resume, rest): texts[r] = t
     return texts
 
-# %% ../nbs/08_liha.ipynb 11
+# %% ../nbs/08_liha.ipynb 13
 def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
               prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`), or long (`id`, `lang`, `prompt`)
               languages: str | list[str] = STUDY_LANGUAGES, # prompt languages (also the detector's answers)
@@ -244,7 +247,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     gens = gens.merge(rows, on=['prompt_id', 'lang'], how='left')[cols]
     return gens.sort_values(['layer', 'head', 'lang', 'prompt_id'], kind='stable').reset_index(drop=True)
 
-# %% ../nbs/08_liha.ipynb 13
+# %% ../nbs/08_liha.ipynb 15
 def broadcasters(model, # a LoadedModel
                  gens: pd.DataFrame, # generations of a sweep (uses each prompt's clean continuation)
                  add_bos: bool = False, # prepend a BOS token before the prompt
@@ -278,10 +281,6 @@ def summarize(table: pd.DataFrame, # from `switch_rates` (language == 'all' rows
     mass = t.groupby('layer')['switch_rate'].sum(); mass = mass / mass.sum() if mass.sum() > 0 else mass
     return dict(max_sr=float(top['switch_rate']), top_head=f"L{int(top['layer'])}H{int(top['head'])}", top_z=float(top['z']),
                 heads_sr0=int((t['switch_rate'] == 0).sum()), n_heads=len(t), sr_mass_by_layer=mass.round(4).to_dict())
-
-def liha_table(gens: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    "Alias of `switch_rates` kept for the notebooks: the tidy SR table of a sweep."
-    return switch_rates(gens, n_boot=n_boot, seed=seed)
 
 def liha_cli(argv: list[str] | None = None):
     "Console script `multiling_liha`: run the sweep, write generations (parquet) and the SR table (csv)."
@@ -317,7 +316,7 @@ def _num(s, name):
     try: return int(s)
     except (TypeError, ValueError): raise MultilingError(f"--{name} must be an integer, got {s!r}") from None
 
-# %% ../nbs/08_liha.ipynb 16
+# %% ../nbs/08_liha.ipynb 18
 def _unembed_weight(model):
     "The unembedding as [vocab, d_model]."
     return model.adapter.get(model.hf, model.adapter.unembed).weight
@@ -344,7 +343,7 @@ def language_directions(model, # a LoadedModel
     W = _unembed_weight(model).detach().double()
     return {l: (c.to(W.device) @ W).float() for l, c in language_token_weights(model, texts).items()}
 
-# %% ../nbs/08_liha.ipynb 19
+# %% ../nbs/08_liha.ipynb 21
 def norm_affine(mod, # a LayerNorm or RMSNorm-like module
                ) -> dict:
     "A norm as gamma * P(x) / scale(x) + beta: gamma, beta, eps, and `center` (P centres for LayerNorm, identity for RMSNorm)."
@@ -433,17 +432,32 @@ def head_dla(model, # a LoadedModel
         out.append(d if post is None else d / attn_scale[l].double()[..., None])
     return torch.stack(out) / scale.double()[None, :, :, None]
 
-# %% ../nbs/08_liha.ipynb 23
+# %% ../nbs/08_liha.ipynb 25
 COMPENSATION_METRICS = ('dla', 'first_token_attention')
 
-def _comp_rows(prompts, languages, continuations):
+@dataclass
+class CompensationRuns:
+    "Per-row head metrics of a clean run and of one run per ablated head (from `compensation_runs`)."
+    model: str              # model name
+    rows: pd.DataFrame      # one row per (prompt_id, lang): prompt, continuation, text
+    heads: list             # the ablated heads, in the order of `ablated`
+    clean: dict             # metric -> [n_rows, n_layers, n_heads]
+    ablated: dict           # metric -> [n_ablated, n_rows, n_layers, n_heads]
+
+    def index(self, head) -> int:
+        "Position of an ablated head in `heads`."
+        head = (int(head[0]), int(head[1]))
+        if head not in self.heads: raise MultilingError(f"head L{head[0]}H{head[1]} was not ablated in these runs")
+        return self.heads.index(head)
+
+def _comp_rows(prompts, languages, continuations, column='clean_text'):
     rows = _prompt_rows(prompts, languages)
     rows['continuation'] = ''
     if continuations is not None:
-        need = {'prompt_id', 'lang', 'clean_text'}
+        need = {'prompt_id', 'lang', column}
         if not isinstance(continuations, pd.DataFrame) or not need <= set(continuations.columns):
             raise MultilingError(f"continuations need columns {sorted(need)} (e.g. the sweep's generations)")
-        cont = continuations.drop_duplicates(['prompt_id', 'lang']).set_index(['prompt_id', 'lang'])['clean_text']
+        cont = continuations.drop_duplicates(['prompt_id', 'lang']).set_index(['prompt_id', 'lang'])[column]
         rows['continuation'] = [cont.get((p, l), '') or '' for p, l in zip(rows['prompt_id'], rows['lang'])]
     rows['text'] = rows['prompt'] + rows['continuation']
     return rows
@@ -453,11 +467,13 @@ def _position_weights(model, rows, batch, add_bos):
     import torch
     from multiling.interventions import encode
     plen = encode(model, rows['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
-    width = batch.attention_mask.shape[1]; first = width - batch.attention_mask.sum(1)
+    width = batch.attention_mask.shape[1]
+    first = width - batch.attention_mask.sum(1)
     pw = torch.zeros(len(rows), width, dtype=torch.float64, device=batch.input_ids.device)
     for j in range(len(rows)):
         start = min(int(first[j] + plen[j]) - 1, width - 1)
-        stop = width - 1 if rows['continuation'].iloc[j] and start < width - 1 else width  # the last token predicts nothing read here
+        # the last token predicts nothing read here
+        stop = width - 1 if rows['continuation'].iloc[j] and start < width - 1 else width
         pw[j, start:stop] = 1.0 / (stop - start)
     return pw, first
 
@@ -466,7 +482,8 @@ def _head_metrics(model, batch, pw, first, w, scale, iv):
     import torch
     from multiling.interventions import forward
     post = model.adapter.attn_out_norm is not None
-    r = forward(model, batch, interventions=iv, save=['heads', 'resid'] + (['attn_out'] if post else []), attentions=True)
+    save = ['heads', 'resid'] + (['attn_out'] if post else [])
+    r = forward(model, batch, interventions=iv, save=save, attentions=True, last=1)  # logits unused: unembed one position
     if scale is None: scale = final_norm_scale(model, r['resid'][-1])
     attn_scale = attn_norm_scale(model, r['attn_out']) if post else None  # this run's own: the heads' actual shares
     dla = torch.einsum('lbph,bp->blh', head_dla(model, r['heads'], w, scale, attn_scale), pw)
@@ -474,33 +491,39 @@ def _head_metrics(model, batch, pw, first, w, scale, iv):
     to_first = att.gather(-1, first.view(1, -1, 1, 1, 1).expand(*att.shape[:-1], 1)).squeeze(-1)
     return dla.cpu().numpy(), torch.einsum('lbhq,bq->blh', to_first, pw).cpu().numpy(), scale
 
-def compensation(model, # a LoadedModel (or spec for `models.load_model`)
-                 prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`)
-                 languages: str | list[str] = STUDY_LANGUAGES, # prompt languages
-                 heads=None, # heads to ablate, one at a time: 'L:H,...' or list of (L, H)
-                 directions: dict | None = None, # {language: [d_model] direction} (`language_directions`); None: from the prompts
-                 continuations: pd.DataFrame | None = None, # prompt_id, lang, clean_text (the sweep's generations); None: last prompt position
-                 test: str = 'wilcoxon', # paired test across rows: 'wilcoxon', 'ttest' or 'permutation' (`stats.paired_test`)
-                 add_bos: bool | None = None, # see `interventions.encode`
-                 batch_size: int = 64, # rows per forward pass
-                 progress: bool = False, # tqdm bar over batches
-                ) -> pd.DataFrame:
-    "Tidy table: per ablated head, every head's mean DLA and first-token attention, clean vs ablated, paired p and BH q."
+def _directions_for(model, rows, directions, languages):
+    if directions is None:
+        directions = language_directions(model, {l: rows.loc[rows['lang'] == l, 'prompt'].tolist() for l in languages})
+    missing = [l for l in languages if l not in directions]
+    if missing:
+        raise MultilingError(f"no language direction for {missing}: compute them with language_directions for every prompt language")
+    return directions
+
+def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
+                      prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`)
+                      languages: str | list[str] = STUDY_LANGUAGES, # prompt languages
+                      heads=None, # heads to ablate, one at a time: 'L:H,...' or list of (L, H)
+                      directions: dict | None = None, # {language: [d_model] direction} (`language_directions`); None: from the prompts
+                      continuations: pd.DataFrame | None = None, # prompt_id, lang, clean_text (the sweep's generations); None: last prompt position
+                      add_bos: bool | None = None, # see `interventions.encode`
+                      batch_size: int = 64, # rows per forward pass
+                      progress: bool = False, # tqdm bar over batches
+                     ) -> CompensationRuns:
+    "Every head's DLA and first-token attention per row, clean and with each of `heads` ablated (clean final-norm scale)."
     import torch
     from tqdm.auto import tqdm
     from multiling.models import load_model
     from multiling.interventions import encode, ablate_heads, Intervention
     languages = parse_languages(languages)
     batch_size = check_param('batch_size', batch_size, int, min_value=1)
-    if test not in ('wilcoxon', 'ttest', 'permutation'): raise MultilingError(f"test must be wilcoxon, ttest or permutation, got {test!r}")
     rows = _comp_rows(prompts, languages, continuations)
-    model = load_model(model); a = model.adapter
+    model = load_model(model)
+    a = model.adapter
     if heads is None: raise MultilingError("give the heads to ablate (e.g. the sweep's top heads as 'L:H,...')")
     heads = parse_heads(heads, a.n_layers, a.n_heads)
-    if directions is None: directions = language_directions(model, {l: rows.loc[rows['lang'] == l, 'prompt'].tolist() for l in languages})
-    missing = [l for l in languages if l not in directions]
-    if missing: raise MultilingError(f"no language direction for {missing}: compute them with language_directions for every prompt language")
-    clean = {m: [] for m in COMPENSATION_METRICS}; abl = {m: [[] for _ in heads] for m in COMPENSATION_METRICS}
+    directions = _directions_for(model, rows, directions, languages)
+    clean = {m: [] for m in COMPENSATION_METRICS}
+    abl = {m: [[] for _ in heads] for m in COMPENSATION_METRICS}
     with torch.no_grad():
         for i in tqdm(range(0, len(rows), batch_size), disable=not progress, desc='compensation'):
             chunk = rows.iloc[i:i + batch_size]
@@ -508,23 +531,37 @@ def compensation(model, # a LoadedModel (or spec for `models.load_model`)
             pw, first = _position_weights(model, chunk, batch, add_bos)
             w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
             dla, ft, scale = _head_metrics(model, batch, pw, first, w, None, Intervention())
-            clean['dla'].append(dla); clean['first_token_attention'].append(ft)
+            clean['dla'].append(dla)
+            clean['first_token_attention'].append(ft)
             for k, h in enumerate(heads):
                 dla, ft, _ = _head_metrics(model, batch, pw, first, w, scale, ablate_heads(h))  # the clean scale, frozen
-                abl['dla'][k].append(dla); abl['first_token_attention'][k].append(ft)
-    clean = {m: np.concatenate(v) for m, v in clean.items()}
-    abl = {m: [np.concatenate(v) for v in vs] for m, vs in abl.items()}
+                abl['dla'][k].append(dla)
+                abl['first_token_attention'][k].append(ft)
+    return CompensationRuns(model=model.name, rows=rows, heads=list(heads),
+                            clean={m: np.concatenate(v) for m, v in clean.items()},
+                            ablated={m: np.stack([np.concatenate(x) for x in vs]) for m, vs in abl.items()})
+
+def _relation(l, h, al, ah):
+    return 'self' if (l, h) == (al, ah) else 'above' if l > al else 'same' if l == al else 'below'
+
+def compensation_table(runs: CompensationRuns, # from `compensation_runs`
+                       test: str = 'wilcoxon', # paired test across rows: 'wilcoxon', 'ttest' or 'permutation'
+                      ) -> pd.DataFrame:
+    "Tidy table: per ablated head, every head's mean DLA and first-token attention, clean vs ablated, paired p and BH q."
     out = []
-    for k, (al, ah) in enumerate(heads):
+    n_layers, n_heads = runs.clean['dla'].shape[1:]
+    for k, (al, ah) in enumerate(runs.heads):
         for m in COMPENSATION_METRICS:
             part = []
-            for l, h in a.heads:
-                c, x = clean[m][:, l, h], abl[m][k][:, l, h]
-                rel = 'self' if (l, h) == (al, ah) else 'above' if l > al else 'same' if l == al else 'below'
-                part.append(dict(model=model.name, ablated_layer=al, ablated_head=ah, layer=l, head=h, relation=rel, metric=m,
-                                 mean_clean=float(c.mean()), mean_ablated=float(x.mean()), delta=float((x - c).mean()),
-                                 p=stats.paired_test(c, x, method=test)['p'], n_prompts=len(c)))
-            part = pd.DataFrame(part); other = part['relation'] != 'self'
+            for l in range(n_layers):
+                for h in range(n_heads):
+                    c, x = runs.clean[m][:, l, h], runs.ablated[m][k][:, l, h]
+                    part.append(dict(model=runs.model, ablated_layer=al, ablated_head=ah, layer=l, head=h,
+                                     relation=_relation(l, h, al, ah), metric=m, mean_clean=float(c.mean()),
+                                     mean_ablated=float(x.mean()), delta=float((x - c).mean()),
+                                     p=stats.paired_test(c, x, method=test)['p'], n_prompts=len(c)))
+            part = pd.DataFrame(part)
+            other = part['relation'] != 'self'
             part['q'] = part['p']  # the ablated head itself: a family of one
             part.loc[other, 'q'] = stats.benjamini_hochberg(part.loc[other, 'p'].to_numpy())
             out.append(part)
@@ -532,32 +569,148 @@ def compensation(model, # a LoadedModel (or spec for `models.load_model`)
             'delta', 'p', 'q', 'n_prompts']
     return pd.concat(out, ignore_index=True)[cols]
 
-# %% ../nbs/08_liha.ipynb 26
-def compensation_layers(table: pd.DataFrame, # from `compensation`
-                        alpha: float = 0.05, # q below which a change counts
-                       ) -> pd.DataFrame:
-    "Per ablated head (and pooled): heads that compensate (DLA up, q < alpha), their share above / same / below, tests."
-    alpha = check_param('alpha', alpha, float, min_value=0.0, max_value=1.0)
-    d = table[table['metric'] == 'dla'] if 'metric' in table.columns else table.iloc[:0]
-    if d.empty: raise MultilingError("the compensation table has no 'dla' rows: build it with liha.compensation")
-    rows = []
-    for (al, ah), g in list(d.groupby(['ablated_layer', 'ablated_head'], sort=True)) + [(('all', 'all'), d)]:
-        is_all = al == 'all'
-        o = g[g['relation'] != 'self']; sig = o['q'] < alpha
-        comp, anti, above = sig & (o['delta'] > 0), sig & (o['delta'] < 0), o['relation'] == 'above'
-        n = int(comp.sum()); k = {r: int((comp & (o['relation'] == r)).sum()) for r in ('above', 'same', 'below')}
-        expected = float(above.mean())
-        fisher = stats.fisher_exact(k['above'], int((~comp & above).sum()), n - k['above'], int((~comp & ~above).sum()))
-        own = g[g['relation'] == 'self']
-        lost, recovered = float((own['mean_clean'] - own['mean_ablated']).sum()), float(o['delta'].sum())
-        rows.append(dict(ablated='all' if is_all else f'L{al}H{ah}', ablated_layer=pd.NA if is_all else al,
-                         ablated_head=pd.NA if is_all else ah, n_other=len(o), n_compensating=n, n_anticompensating=int(anti.sum()),
-                         n_above=k['above'], n_same=k['same'], n_below=k['below'],
-                         share_above=k['above'] / n if n else np.nan, share_same=k['same'] / n if n else np.nan,
-                         share_below=k['below'] / n if n else np.nan, expected_share_above=expected,
-                         p_binomial=np.nan if is_all else stats.binomial_test(k['above'], n, expected),
-                         odds_ratio_above=fisher['odds_ratio'], p_fisher=fisher['p'],
-                         lost_dla=lost, recovered_dla=recovered, recovered_fraction=recovered / lost if lost > 0 else np.nan, alpha=alpha))
-    out = pd.DataFrame(rows)
-    out[['ablated_layer', 'ablated_head']] = out[['ablated_layer', 'ablated_head']].astype('Int64')
+def compensation(model, # a LoadedModel (or spec for `models.load_model`)
+                 prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`)
+                 languages: str | list[str] = STUDY_LANGUAGES, # prompt languages
+                 heads=None, # heads to ablate, one at a time: 'L:H,...' or list of (L, H)
+                 directions: dict | None = None, # {language: [d_model] direction}; None: from the prompts
+                 continuations: pd.DataFrame | None = None, # prompt_id, lang, clean_text; None: last prompt position
+                 test: str = 'wilcoxon', # paired test across rows: 'wilcoxon', 'ttest' or 'permutation'
+                 add_bos: bool | None = None, # see `interventions.encode`
+                 batch_size: int = 64, # rows per forward pass
+                 progress: bool = False, # tqdm bar over batches
+                ) -> pd.DataFrame:
+    "`compensation_table` of `compensation_runs`: every head's change when each of `heads` is ablated."
+    if test not in ('wilcoxon', 'ttest', 'permutation'):
+        raise MultilingError(f"test must be wilcoxon, ttest or permutation, got {test!r}")
+    runs = compensation_runs(model, prompts, languages, heads, directions, continuations, add_bos, batch_size, progress)
+    return compensation_table(runs, test)
+
+# %% ../nbs/08_liha.ipynb 28
+def control_heads(switch_rates_table: pd.DataFrame, # from `switch_rates` (the language == 'all' rows are used)
+                  top, # the top heads: list of (layer, head)
+                  n_controls: int = 2, # controls per top head
+                 ) -> dict:
+    "{top head: [its controls]}: the lowest-SR heads of the top head's layer that are not top heads themselves."
+    n_controls = check_param('n_controls', n_controls, int, min_value=1)
+    pooled = switch_rates_table[switch_rates_table['language'] == 'all'].assign(
+        switch_rate=lambda d: d['switch_rate'].fillna(0))
+    top = [(int(l), int(h)) for l, h in top]
+    out = {}
+    for l, h in top:
+        cands = pooled[pooled['layer'] == l]
+        cands = cands[[(l, int(x)) not in top for x in cands['head']]]
+        if cands.empty:
+            raise MultilingError(f"layer {l} has no head outside the top heads to serve as a control for L{l}H{h}: "
+                                 "compare fewer top heads")
+        cands = cands.sort_values(['switch_rate', 'head']).head(n_controls)
+        out[(l, h)] = [(l, int(x)) for x in cands['head']]
     return out
+
+def _recovery(runs, head, scope):
+    "Per row: the DLA the other heads add back when `head` is ablated (in `scope`), and the DLA it loses."
+    k = runs.index(head)
+    l, h = head
+    clean, ablated = runs.clean['dla'], runs.ablated['dla'][k]
+    mask = np.ones(clean.shape[1:], bool)
+    mask[l, h] = False
+    if scope == 'above': mask[:l + 1] = False
+    recovered = ((ablated - clean) * mask).sum((1, 2))
+    return recovered, clean[:, l, h] - ablated[:, l, h]
+
+def _ratio_ci(num, den, n_boot, seed):
+    "Ratio of means num/den with a percentile bootstrap interval over rows (NaN where the mean of den is not positive)."
+    if den.mean() <= 0: return np.nan, np.nan, np.nan
+    ratio = lambda ix: num[ix.astype(int)].mean() / den[ix.astype(int)].mean()
+    lo, hi = stats.bootstrap_ci(np.arange(len(num)), stat=ratio, n_boot=n_boot, seed=seed)
+    return float(num.mean() / den.mean()), lo, hi
+
+def compensation_specificity(runs: CompensationRuns, # from `compensation_runs`, with the top heads and their controls ablated
+                             controls: dict, # {top head: [control heads]} (`control_heads`)
+                             n_boot: int = 2000, # bootstrap resamples over rows
+                             seed: int = 0) -> pd.DataFrame:
+    "Per top head and scope: lost and recovered DLA for it and its controls, recovered shares, excess recovery with CI and p."
+    out = []
+    for top, ctrls in controls.items():
+        if not ctrls: raise MultilingError(f"no control heads for L{top[0]}H{top[1]}")
+        for scope in ('all other heads', 'above'):
+            rec_top, lost_top = _recovery(runs, top, scope)
+            rec_ctrl = np.mean([_recovery(runs, c, scope)[0] for c in ctrls], axis=0)
+            lost_ctrl = np.mean([_recovery(runs, c, scope)[1] for c in ctrls], axis=0)
+            excess = rec_top - rec_ctrl
+            lo, hi = stats.bootstrap_ci(excess, n_boot=n_boot, seed=seed)
+            frac_top = _ratio_ci(rec_top, lost_top, n_boot, seed)
+            frac_ctrl = _ratio_ci(rec_ctrl, lost_ctrl, n_boot, seed)
+            out.append(dict(model=runs.model, top=f'L{top[0]}H{top[1]}', layer=top[0], head=top[1],
+                            controls=', '.join(f'L{l}H{h}' for l, h in ctrls), scope=scope, n_rows=len(excess),
+                            lost_dla_top=float(lost_top.mean()), recovered_dla_top=float(rec_top.mean()),
+                            recovered_fraction_top=frac_top[0], recovered_fraction_top_ci_low=frac_top[1],
+                            recovered_fraction_top_ci_high=frac_top[2],
+                            lost_dla_control=float(lost_ctrl.mean()), recovered_dla_control=float(rec_ctrl.mean()),
+                            recovered_fraction_control=frac_ctrl[0], recovered_fraction_control_ci_low=frac_ctrl[1],
+                            recovered_fraction_control_ci_high=frac_ctrl[2],
+                            excess_recovered_dla=float(excess.mean()), excess_ci_low=lo, excess_ci_high=hi,
+                            p_wilcoxon=stats.paired_test(rec_ctrl, rec_top, method='wilcoxon')['p']))
+    return pd.DataFrame(out)
+
+# %% ../nbs/08_liha.ipynb 31
+def _layer_dla(model, rows, directions, iv, add_bos, batch_size):
+    "[n_rows, n_layers]: per row, each layer's heads' write onto the read-out of the language direction (no final-norm division)."
+    import torch
+    from multiling.interventions import encode
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows.iloc[i:i + batch_size]
+        batch = encode(model, chunk['text'].tolist(), add_bos=add_bos)
+        pw, first = _position_weights(model, chunk, batch, add_bos)
+        w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
+        # a unit final-norm scale: a layer's number moves only when what it writes moves, not when the norm does
+        unit = torch.ones(batch.attention_mask.shape, dtype=torch.float64, device=batch.input_ids.device)
+        with torch.no_grad(): dla, _, _ = _head_metrics(model, batch, pw, first, w, unit, iv)
+        out.append(dla.sum(-1))
+    return np.concatenate(out)
+
+def generation_layer_change(model, # a LoadedModel (or spec for `models.load_model`)
+                            gens: pd.DataFrame, # the sweep's generations (`liha_generations`): clean and ablated texts
+                            heads, # ablated heads to read: 'L:H,...' or list of (L, H) (rows of `gens`)
+                            directions: dict, # {language: [d_model] direction} (`language_directions`)
+                            add_bos: bool | None = None, # see `interventions.encode`
+                            batch_size: int = 64, # rows per forward pass
+                            n_boot: int = 1000, seed: int = 0,
+                            progress: bool = False, # tqdm bar over heads
+                           ) -> pd.DataFrame:
+    "Per ablated head and layer: change of what the layer's heads write onto the language read-out, each run on its own continuation."
+    from tqdm.auto import tqdm
+    from multiling.models import load_model
+    from multiling.interventions import Intervention, ablate_heads
+    model = load_model(model)
+    a = model.adapter
+    heads = parse_heads(heads, a.n_layers, a.n_heads)
+    need = {'layer', 'head', 'prompt_id', 'lang', 'prompt', 'clean_text', 'ablated_text'}
+    if not isinstance(gens, pd.DataFrame) or not need <= set(gens.columns):
+        raise MultilingError(f"gens needs columns {sorted(need)} (the sweep's generations table)")
+    missing = sorted(set(gens['lang']) - set(directions))
+    if missing: raise MultilingError(f"no language direction for {missing}")
+    keys = ['prompt_id', 'lang']
+    pairs = gens.drop_duplicates(keys).sort_values(keys).reset_index(drop=True)
+    clean_rows = pairs.assign(continuation=pairs['clean_text'].fillna(''))
+    clean_rows['text'] = clean_rows['prompt'] + clean_rows['continuation']
+    clean = _layer_dla(model, clean_rows, directions, Intervention(), add_bos, batch_size)
+    out = []
+    for l, h in tqdm(heads, disable=not progress, desc='generation layer change'):
+        g = gens[(gens['layer'] == l) & (gens['head'] == h)]
+        if g.empty: raise MultilingError(f"the generations table has no rows for head L{l}H{h}: sweep it first")
+        g = pairs[keys].merge(g, on=keys, how='left')
+        if g['ablated_text'].isna().any(): raise MultilingError(f"head L{l}H{h} lacks some (prompt, language) rows")
+        rows = g.assign(continuation=g['ablated_text'].fillna(''))
+        rows['text'] = rows['prompt'] + rows['continuation']
+        delta = _layer_dla(model, rows, directions, ablate_heads((l, h)), add_bos, batch_size) - clean
+        for layer in range(a.n_layers):
+            d = delta[:, layer]
+            lo, hi = stats.bootstrap_ci(d, n_boot=n_boot, seed=seed)
+            alo, ahi = stats.bootstrap_ci(np.abs(d), n_boot=n_boot, seed=seed)
+            out.append(dict(model=model.name, ablated=f'L{l}H{h}', ablated_layer=l, ablated_head=h, layer=layer,
+                            relation='below' if layer < l else 'same' if layer == l else 'above', n_rows=len(d),
+                            mean_delta=float(d.mean()), ci_low=lo, ci_high=hi,
+                            mean_abs_delta=float(np.abs(d).mean()), abs_ci_low=alo, abs_ci_high=ahi))
+    return pd.DataFrame(out)

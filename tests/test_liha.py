@@ -69,7 +69,8 @@ def test_cli_bad_input(tmp_path, args):
     assert not (tmp_path / 'o').exists()
 
 # --- compensation (DLA of every head, clean vs one head ablated) ---
-from multiling.liha import compensation, compensation_layers, language_directions, COMPENSATION_METRICS
+from multiling.liha import (compensation, compensation_runs, compensation_specificity, language_directions,
+                            COMPENSATION_METRICS)
 
 COMP_COLS = ['model', 'ablated_layer', 'ablated_head', 'layer', 'head', 'relation', 'metric', 'mean_clean', 'mean_ablated',
              'delta', 'p', 'q', 'n_prompts']
@@ -86,8 +87,12 @@ def test_compensation_table(family):
     # upstream of the ablation nothing changes (Gemma's attention-output norm rescales the heads of the same layer)
     assert (t[t.relation.isin(['below'] if family == 'gemma' else ['below', 'same'])].delta == 0).all()
     assert t.p.between(0, 1).all() and t.q.between(0, 1).all()
-    layers = compensation_layers(t, alpha=0.05)
-    assert list(layers.ablated) == ['L0H1', 'L1H3', 'all'] and (layers.n_below == 0).all()
+    runs = compensation_runs(m, PROMPTS, 'en,fr', heads=[(1, 0), (1, 3)], batch_size=4)
+    spec = compensation_specificity(runs, {(1, 3): [(1, 0)]}, n_boot=100)
+    # nothing lies above the last layer: an ablation there leaves no other head anything to add back above it
+    above = spec[spec.scope == 'above'].iloc[0]
+    assert above.recovered_dla_top == 0 and above.recovered_dla_control == 0 and above.excess_recovered_dla == 0
+    assert spec.lost_dla_top.iloc[0] == pytest.approx(runs.clean['dla'][:, 1, 3].mean())
 
 def test_compensation_dla_by_hand():
     "The ablated run's DLA of a head above, recomputed with plain torch hooks (no nnsight) on a tiny GPT-2."
