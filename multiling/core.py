@@ -12,9 +12,9 @@ import numpy as np
 # %% auto 0
 __all__ = ['REPO_ROOT', 'DATA_DIR', 'RESULTS_DIR', 'MODELS_DIR', 'CORPUS_DIR', 'PROMPTS_DIR', 'FIGURES_DIR', 'STUDY_LANGUAGES',
            'SCRIPT_LANGUAGES', 'EXTRA_LANGUAGES', 'ALL_LANGUAGES', 'LANGUAGE_NAMES', 'SCRIPT_OF', 'MultilingError',
-           'parse_languages', 'check_param', 'set_seed', 'git_commit', 'file_hash', 'tensor_hash', 'notebook_path',
-           'notebook_defaults', 'param_text', 'param_value', 'remake_command', 'provenance', 'atomic_path',
-           'write_json', 'checkpoint_dir', 'save_table', 'load_table', 'save_figure', 'output_dirs']
+           'parse_languages', 'check_param', 'set_seed', 'git_commit', 'file_hash', 'tensor_hash', 'notebook_file',
+           'notebook_path', 'notebook_defaults', 'param_text', 'param_value', 'remake_command', 'provenance',
+           'atomic_path', 'write_json', 'checkpoint_dir', 'save_table', 'load_table', 'save_figure', 'output_dirs']
 
 # %% ../nbs/00_core.ipynb 4
 def _find_root() -> Path:
@@ -127,24 +127,29 @@ def tensor_hash(tensors, n: int = 16) -> str:
     return h.hexdigest()[:n]
 
 # %% ../nbs/00_core.ipynb 20
-def notebook_path(notebook: str | Path | None, # a notebook's path, or its name without folder and extension ('20_liha')
-                 ) -> str | None:
-    "The notebook's path (relative to the repository when inside it), or `notebook` unchanged when no such notebook exists."
-    if notebook is None: return None
+def notebook_file(notebook: str | Path | None, # a notebook's path, or its name without folder and extension ('20_liha')
+                 ) -> Path | None:
+    "The existing `.ipynb` file that `notebook` names (a path from the repository root or absolute, or a name in nbs/), or None."
+    if not notebook: return None
     p = Path(notebook)
     for cand in (p, Path('nbs') / p, Path('nbs') / f'{p.name}.ipynb'):
         full = cand if cand.is_absolute() else REPO_ROOT / cand
-        if full.suffix == '.ipynb' and full.is_file():
-            try: return str(full.resolve().relative_to(REPO_ROOT.resolve()))
-            except ValueError: return str(full)
-    return str(notebook)
+        if full.suffix == '.ipynb' and full.is_file(): return full
+    return None
+
+def notebook_path(notebook: str | Path | None, # a notebook's path, or its name without folder and extension ('20_liha')
+                 ) -> str | None:
+    "The notebook's path (relative to the repository when inside it), or `notebook` unchanged when no such notebook exists."
+    full = notebook_file(notebook)
+    if full is None: return None if notebook is None else str(notebook)
+    try: return str(full.resolve().relative_to(REPO_ROOT.resolve()))
+    except ValueError: return str(full)
 
 def notebook_defaults(notebook: str | Path, # a notebook (path or name, see `notebook_path`)
                      ) -> dict:
     "The default parameters of a notebook: the assignments of its cell tagged `parameters` ({} when it has none)."
-    path = Path(notebook_path(notebook))
-    path = path if path.is_absolute() else REPO_ROOT / path
-    if not path.is_file(): raise MultilingError(f"no notebook {str(notebook)!r} (looked for {path})")
+    path = notebook_file(notebook)
+    if path is None: raise MultilingError(f"no notebook {str(notebook)!r} (looked in {REPO_ROOT} and its nbs/)")
     cells = [c for c in json.loads(path.read_text(encoding='utf-8'))['cells']
              if 'parameters' in c.get('metadata', {}).get('tags', [])]
     if len(cells) > 1: raise MultilingError(f"{path.name} has {len(cells)} cells tagged 'parameters': keep one")
@@ -197,7 +202,7 @@ def provenance(model: str | None = None, # model spec as given by the user
     notebook = notebook_path(notebook)
     rec = {'model': model, 'notebook': notebook, 'params': params or {}, 'multiling_version': __version__,
            'commit': git_commit(), 'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
-    if notebook and notebook.endswith('.ipynb') and notebook_defaults(notebook):
+    if notebook_file(notebook) and notebook_defaults(notebook):
         rec['command'] = remake_command(notebook, params)
     rec.update(extra)
     return json.loads(json.dumps(rec, default=str))
