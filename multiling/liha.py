@@ -614,7 +614,7 @@ def _recovery(runs, head, scope):
     clean, ablated = runs.clean['dla'], runs.ablated['dla'][k]
     mask = np.ones(clean.shape[1:], bool)
     mask[l, h] = False
-    if scope == 'above': mask[:l + 1] = False
+    if scope == 'heads above': mask[:l + 1] = False
     recovered = ((ablated - clean) * mask).sum((1, 2))
     return recovered, clean[:, l, h] - ablated[:, l, h]
 
@@ -633,7 +633,7 @@ def compensation_specificity(runs: CompensationRuns, # from `compensation_runs`,
     out = []
     for top, ctrls in controls.items():
         if not ctrls: raise MultilingError(f"no control heads for L{top[0]}H{top[1]}")
-        for scope in ('all other heads', 'above'):
+        for scope in ('all other heads', 'heads above'):
             rec_top, lost_top = _recovery(runs, top, scope)
             rec_ctrl = np.mean([_recovery(runs, c, scope)[0] for c in ctrls], axis=0)
             lost_ctrl = np.mean([_recovery(runs, c, scope)[1] for c in ctrls], axis=0)

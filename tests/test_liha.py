@@ -90,7 +90,7 @@ def test_compensation_table(family):
     runs = compensation_runs(m, PROMPTS, 'en,fr', heads=[(1, 0), (1, 3)], batch_size=4)
     spec = compensation_specificity(runs, {(1, 3): [(1, 0)]}, n_boot=100)
     # nothing lies above the last layer: an ablation there leaves no other head anything to add back above it
-    above = spec[spec.scope == 'above'].iloc[0]
+    above = spec[spec.scope == 'heads above'].iloc[0]
     assert above.recovered_dla_top == 0 and above.recovered_dla_control == 0 and above.excess_recovered_dla == 0
     assert spec.lost_dla_top.iloc[0] == pytest.approx(runs.clean['dla'][:, 1, 3].mean())
 
