@@ -75,6 +75,8 @@ EXTRA_RUNS := 24_language_control-organism
 NB_24_language_control-organism := nbs/24_language_control.ipynb
 PAR_24_language_control-organism := model=organism-balanced-small-instruct
 MIN_24_language_control-organism := 6
+# the smoke run asks every question of the tiny organism (its studies ran on it, gemma-3-270m's too)
+PAR_30_claims = $(if $(filter tiny,$(SIZE)),model=organism-balanced-tiny)
 # the organism notebook evaluates the organisms `make models` trained, and is re-made when they change
 PAR_$(ORGANISMS) = size=$(SIZE) models_dir=data/models steps=None instruct_steps=None
 WATCH_$(ORGANISMS) = data/models/organism-*-$(SIZE)*/model.safetensors
