@@ -126,6 +126,7 @@ GLOSSARY = {
     'transition': Term('transition score', "share of answer steps reading the needle's value", 'rate'),
     'gold_logprob': Term('log-probability of the gold answer', 'nats'),
     'condition_kind': Term('heads masked'), 'needle_lang': Term('needle language'), 'setting': Term('setting'),
+    'setting_prompting': Term('setting and prompting'),
     'prompting': Term('prompting'),
 }
 
@@ -214,11 +215,17 @@ def caption(fig, text: str, fontsize: float | None = None):
     if not text: return fig
     lines = _wrap(text, w - 0.1, fs).split('\n')
     extra = (len(lines) * fs * 1.3 + fs) / 72
+    # a legend under the panels (`shared_legend`) goes between them and the caption: its height is kept free too
+    legs = [leg for leg in fig.legends if getattr(leg, '_outside_loc', None) == 'lower']
+    if legs: fig.canvas.draw()
+    leg_h = max((leg.get_window_extent().height / fig.dpi + 0.04 for leg in legs), default=0.0)
     fig.set_size_inches(w, h + extra)
-    frac = extra / (h + extra)
+    frac, leg_frac = extra / (h + extra), leg_h / (h + extra)
     engine = fig.get_layout_engine()
-    if isinstance(engine, matplotlib.layout_engine.ConstrainedLayoutEngine): engine.set(rect=(0, frac, 1, 1 - frac))
-    else: fig.subplots_adjust(bottom=frac + 0.1)
+    if isinstance(engine, matplotlib.layout_engine.ConstrainedLayoutEngine):
+        engine.set(rect=(0, frac + leg_frac, 1, 1 - frac - leg_frac))
+    else: fig.subplots_adjust(bottom=frac + leg_frac + 0.1)
+    for leg in legs: leg.set_bbox_to_anchor((0, frac, 1, leg_frac), transform=fig.transFigure)
     t = fig.text(0.01, frac - 0.3 * fs / 72 / (h + extra), '\n'.join(lines), ha='left', va='top', fontsize=fs, color='0.25')
     fig._multiling_caption = (t, extra, text)
     return fig
@@ -227,8 +234,11 @@ def finish(fig, text: str = ''):
     "Caption `fig` with the notes of its axes (n, what the intervals are) and `text`; returns the figure."
     per_ax = [(ax.get_title(), ax.__dict__.get('_multiling_notes', [])) for ax in fig.axes]
     per_ax = [(t, ns) for t, ns in per_ax if ns]
-    shared = [s for s in dict.fromkeys(s for _, ns in per_ax for s in ns) if all(s in ns for _, ns in per_ax)]
-    notes = shared + [f'{t}: {s}' if t and len(per_ax) > 1 else s for t, ns in per_ax for s in ns if s not in shared]
+    notes = []
+    for s in dict.fromkeys(s for _, ns in per_ax for s in ns):   # each note once; an n that not every panel shares, with its panels
+        titles = [t for t, ns in per_ax if s in ns]
+        own = s.startswith('n = ') and len(titles) < len(per_ax) and all(titles)
+        notes.append(f"{' and '.join(titles)}: {s}" if own else s)
     body = ' '.join(s if s.endswith('.') else s + '.' for s in [*notes, text] if s)
     return caption(fig, body)
 
@@ -281,7 +291,7 @@ def place_legend(ax, title: str | None = None, where: str = 'auto', # 'auto' (a 
         where = 'outside'
     if where == 'outside': return ax.legend(handles, labels, loc='upper left', bbox_to_anchor=(1.02, 1), **kw)
     if where == 'below':
-        return ax.legend(handles, labels, loc='upper center', bbox_to_anchor=(0.5, -0.22), **{**kw, 'ncol': max(ncol, 3)})
+        return ax.legend(handles, labels, loc='upper center', bbox_to_anchor=(0.5, -0.22), **kw)
     raise MultilingError(f"where must be 'auto', 'outside' or 'below', got {where!r}")
 
 def shared_legend(fig, ax=None, title: str | None = None, ncol: int | None = None):
