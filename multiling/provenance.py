@@ -161,7 +161,9 @@ LOCATION_PARAMS = ('out_dir', 'fig_dir')   # parameters that say where results g
 
 def committed_records(root: str | Path = REPO_ROOT, # the repository (a git checkout)
                      ) -> list[dict]:
-    "Every JSON record git tracks under `RESULT_DIRS` (scratch excluded), with its `path` and `kind`: 'table', 'figure' or 'other' (sweep keys, neuron lists)."
+    """Every JSON record git tracks under `RESULT_DIRS` (scratch excluded), with its `path` and `kind`.
+
+    `kind` is 'table', 'figure' or 'other' (sweep keys, neuron lists)."""
     root, records = Path(root), []
     for rel in _git_files(root, *(f'{folder}/*.json' for folder in RESULT_DIRS)):
         if _in_scratch(rel): continue
@@ -180,14 +182,17 @@ def model_name(spec) -> str:
 
 def weights_by_model(rec: dict, # a record: a sidecar, a sweep key
                     ) -> dict[str, str]:
-    "Model name -> weights hash held by a record: `weights_hash` (one hash for `model`, or a dict by model or by role; a role `r` names its model in parameter `r_model`), or a sweep key's `weights`."
+    """Model name -> weights hash held by a record: `weights_hash` or a sweep key's `weights`.
+
+    One hash belongs to `model`; a dict is by model, or by role (role `r` names its model in parameter `r_model`)."""
     hashes, params = rec.get('weights_hash', rec.get('weights')), rec.get('params') or {}
-    pairs = [(params.get(f'{k}_model', k), h) for k, h in hashes.items()] if isinstance(hashes, dict) else [(rec.get('model'), hashes)]
+    if isinstance(hashes, dict): pairs = [(params.get(f'{k}_model', k), h) for k, h in hashes.items()]
+    else: pairs = [(rec.get('model'), hashes)]
     return {model_name(m): str(h) for m, h in pairs if m and h}
 
 def provenance_problems(rec: dict, # a table's or figure's sidecar
                        ) -> list[str]:
-    "What a result's sidecar lacks to be traced and re-made: its notebook, model, a weights hash per model, parameters, a re-make command."
+    "What a result's sidecar lacks to be traced and re-made: notebook, model, weights hashes, parameters, command."
     problems, notebook = [], notebook_path(rec.get('notebook'))
     if not notebook: problems.append('no notebook recorded')
     elif not notebook_file(notebook): problems.append(f'its notebook {notebook} does not exist')
@@ -204,7 +209,7 @@ def provenance_problems(rec: dict, # a table's or figure's sidecar
 
 def missing_parameters(rec: dict, # a table's or figure's sidecar
                       ) -> list[str]:
-    "The parameters of the record's notebook (its parameters cell as it is now) that the record does not hold, `LOCATION_PARAMS` aside."
+    "The parameters of the record's notebook (its parameters cell now) missing from the record, `LOCATION_PARAMS` aside."
     notebook, params = notebook_path(rec.get('notebook')), rec.get('params') or {}
     if not notebook_file(notebook): return []   # reported by `provenance_problems`
     return [k for k in notebook_defaults(notebook) if k not in params and k not in LOCATION_PARAMS]
@@ -291,7 +296,8 @@ def sized(value, # a parameter value
 def _read_yaml(path) -> dict:
     import yaml
     path = _repo_path(path)
-    if not path.is_file(): raise MultilingError(f"no parameter file {path}: every experiment notebook has its CI setting in nbs/ci_params/")
+    if not path.is_file():
+        raise MultilingError(f"no parameter file {path}: every experiment notebook has its CI setting in nbs/ci_params/")
     return yaml.safe_load(path.read_text(encoding='utf-8')) or {}
 
 def run_parameters(notebook, # the notebook to run (path or name)
@@ -301,7 +307,7 @@ def run_parameters(notebook, # the notebook to run (path or name)
                    out_dir: str | None = None, # where results go (also what a notebook with `results_dir` reads)
                    fig_dir: str | None = None, # where figures go
                   ) -> dict:
-    "The parameters to give papermill: those that differ from the notebook's defaults once settings, overrides, folders and organism size apply."
+    "The parameters to give papermill: those that differ from the defaults once settings, overrides, folders and size apply."
     defaults = notebook_defaults(notebook)
     chosen = {**(_read_yaml(settings) if settings else {}), **(overrides or {})}
     for key, folder in (('out_dir', out_dir), ('results_dir', out_dir), ('fig_dir', fig_dir)):
@@ -315,7 +321,7 @@ def run_signature(notebook, # the notebook (path or name)
                   params: dict, # from `run_parameters`
                   watch=(), # more files the run depends on
                  ) -> dict:
-    "What a run depends on, each part a short hash: the notebook's cells, the library, the parameters, the models they name, watched files."
+    "What a run depends on, each a short hash: the notebook's cells, the library, the parameters, their models, watched files."
     named = {**notebook_defaults(notebook), **params}
     return {'notebook': source_signature(notebook),
             'library': files_signature((REPO_ROOT / 'multiling').glob('*.py')),
@@ -343,7 +349,7 @@ def run_notebook(notebook, # the notebook to run (path or name)
                  minutes: str | None = None, # its expected minutes, printed before it starts
                  done: str | Path | None = None, # a stamp written when it succeeds (with the minutes it took)
                 ) -> float:
-    "Run a notebook with papermill, its cells' output streaming to the terminal; optionally write it back; return the minutes taken."
+    "Run a notebook with papermill, its output streaming to the terminal; optionally write it back; return the minutes taken."
     notebook = notebook_path(notebook)
     output, name = _repo_path(output), name or Path(notebook).stem
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -369,7 +375,7 @@ def run_notebook(notebook, # the notebook to run (path or name)
     return took
 
 def _run_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog='paper_cli', description='Signatures and runs of the paper\'s notebooks (called by make paper).')
+    ap = argparse.ArgumentParser(prog='paper_cli', description="Signatures and runs of the paper's notebooks (make paper).")
     ap.add_argument('--size', default=None, help='organism size: organisms named by a run are renamed to it')
     ap.add_argument('--runs-dir', default='data/runs', help='signatures, stamps and executed copies (default data/runs)')
     ap.add_argument('--smoke', action='store_true', help="each notebook in its CI setting nbs/ci_params/<notebook>.yaml")
@@ -403,7 +409,8 @@ def paper_cli(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if not argv or argv[0] not in ('signatures', 'run') or '--name' not in argv:
-            raise MultilingError("usage: paper_cli signatures|run [shared options] --name NAME --notebook NB [--param K=V ...] ...")
+            raise MultilingError("usage: paper_cli signatures|run [shared options] --name NAME --notebook NB "
+                                 "[--param K=V ...] ...")
         runs = _runs(argv[1:])
         if argv[0] == 'run':
             if len(runs) != 1: raise MultilingError(f"run takes one run, got {len(runs)}")
@@ -430,7 +437,7 @@ def index_cli(argv: list[str] | None = None):
     ap.add_argument('--fig-dir', default=str(FIGURES_DIR), help='figures folder (default: the repository\'s figures/)')
     ap.add_argument('--check', action='store_true', help='fail if a committed figure has no sidecar or no entry in index.md')
     ap.add_argument('--check-results', action='store_true',
-                    help='fail if a committed table or figure lacks provenance, a parameter of its notebook, or is on stale weights')
+                    help='fail if a committed result lacks provenance or a parameter of its notebook, or is on stale weights')
     args = ap.parse_args(argv)
     try:
         if args.check_results:
