@@ -12,10 +12,10 @@ import torch
 from .core import MultilingError, MODELS_DIR, tensor_hash, atomic_path, check_param
 
 # %% auto 0
-__all__ = ['MODEL_TYPES', 'TINY_FAMILIES', 'DEFAULT_CONTEXT', 'OFFLINE_PRETRAINED', 'ORGANISM_PATTERN', 'Adapter', 'linear_shape',
-           'walk', 'adapter_for', 'tiny_tokenizer', 'tiny_hf_model', 'Batch', 'positions_from_mask', 'LoadedModel',
-           'wrap_model', 'tiny_model', 'next_token_logprobs', 'offline_names', 'prepare_offline_model', 'resolve_dtype',
-           'resolve_device', 'model_path', 'load_model']
+__all__ = ['MODEL_TYPES', 'TINY_TEXTS', 'TINY_FAMILIES', 'DEFAULT_CONTEXT', 'OFFLINE_PRETRAINED', 'ORGANISM_PATTERN', 'Adapter',
+           'linear_shape', 'walk', 'adapter_for', 'tiny_tokenizer', 'tiny_hf_model', 'Batch', 'positions_from_mask',
+           'LoadedModel', 'wrap_model', 'tiny_model', 'next_token_logprobs', 'offline_names', 'prepare_offline_model',
+           'resolve_dtype', 'resolve_device', 'model_path', 'load_model']
 
 # %% ../nbs/01_models.ipynb 4
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ def adapter_for(config) -> Adapter:
                    norm_offset=1.0 if mt in _NORM_PLUS_ONE else 0.0)
 
 # %% ../nbs/01_models.ipynb 8
-_TINY_TEXT = ["The weather is nice today and we walk to the market.", "Le temps est beau aujourd'hui et nous allons au marché.",
+# one sentence per language (en fr de es it pt ru zh ja): the tiny tokenizer's text, and the tests'
+TINY_TEXTS = ["The weather is nice today and we walk to the market.", "Le temps est beau aujourd'hui et nous allons au marché.",
               "Das Wetter ist heute schön und wir gehen zum Markt.", "Hoy hace buen tiempo y caminamos al mercado.",
               "Oggi il tempo è bello e andiamo al mercato.", "Hoje o tempo está bom e vamos ao mercado.",
               "Сегодня хорошая погода, и мы идём на рынок.", "今天天气很好，我们去市场。", "今日は天気が良いので市場へ行きます。"]
@@ -136,7 +137,7 @@ def tiny_tokenizer(vocab_size: int = 400):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<|endoftext|>'],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_TINY_TEXT * 4, trainer)
+    tok.train_from_iterator(TINY_TEXTS * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token='<|endoftext|>', eos_token='<|endoftext|>',
                                    pad_token='<|endoftext|>', padding_side='left')
 

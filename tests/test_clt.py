@@ -5,9 +5,10 @@ import torch
 
 from multiling.core import MultilingError
 from multiling.models import tiny_model
-from multiling.interventions import encode, forward
-from multiling.clt import (CLT, CLTConfig, collect_activations, train_clt, save_clt, load_clt, attribution_edges,
-                           spliced_forward, next_token_loss, clt_metrics)
+from multiling.interventions import forward
+from multiling.clt import (CLT, CLTConfig, collect_activations, train_clt, save_clt, load_clt, spliced_forward,
+                           next_token_loss, clt_metrics)
+from multiling.clt_graph import attribution_edges, _ReplacementRun
 
 TEXTS = ["The weather is nice today and we walk to the market.", "Le temps est beau aujourd'hui et nous allons au marché.",
          "Das Wetter ist heute schön und wir gehen zum Markt.", "Hoy hace buen tiempo y caminamos al mercado."]
@@ -37,7 +38,7 @@ def test_save_load_round_trip(tmp_path, tiny, activation):
     assert back.cfg == clt.cfg
     for (k, a), (k2, b) in zip(clt.state_dict().items(), back.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
-    batch = encode(tiny, TEXTS[:2])
+    batch = tiny.encode(TEXTS[:2])
     assert torch.equal(spliced_forward(tiny, clt, batch), spliced_forward(tiny, back, batch))
     assert clt_metrics(back, acts).equals(clt_metrics(clt, acts))
 
@@ -85,7 +86,7 @@ def _hand_edge(model, clt, batch, src, dst):
 
 def test_edges_match_hand_computation(tiny, trained):
     clt, _ = trained
-    batch = encode(tiny, [TEXTS[1]])
+    batch = tiny.encode([TEXTS[1]])
     r = attribution_edges(tiny, clt, batch, target=(5, 7), max_nodes=400)
     nodes, M = r['nodes'].tolist(), r['matrix']
     src = [i for i, n in enumerate(nodes) if n[0] == 0]
@@ -106,9 +107,8 @@ def test_edges_match_hand_computation(tiny, trained):
 
 def test_target_edges_match_finite_difference(tiny, trained):
     "Edge to the target (logit difference) = a x d(target)/da, measured by perturbing the activation in the replacement model."
-    from multiling.clt import _ReplacementRun
     clt, _ = trained
-    batch = encode(tiny, [TEXTS[0]])
+    batch = tiny.encode([TEXTS[0]])
     r = attribution_edges(tiny, clt, batch, target=(5, 7), max_nodes=400)
     run = _ReplacementRun(tiny, clt, batch); n = len(r['nodes'])
     with torch.no_grad():
@@ -120,10 +120,39 @@ def test_target_edges_match_finite_difference(tiny, trained):
             assert abs(fd - float(r['matrix'][n, i])) <= 1e-3 + 1e-2 * abs(fd)
 
 
-def test_spliced_loss_is_finite_and_worse_than_clean(tiny, trained):
+def _hand_loss(model, texts, clt=None):
+    """Mean next-token cross-entropy of `texts`, one text at a time (no padding), from Hugging Face's own loss; with
+    `clt`, every MLP output replaced by the CLT's reconstruction through plain forward hooks."""
+    a = model.adapter; total = count = 0
+    for text in texts:
+        ids = torch.tensor([model.tokenizer(text, add_special_tokens=False).input_ids[:64]])
+        feats, hooks = [], []
+        if clt is not None:
+            for l in range(a.n_layers):
+                hooks.append(a.get(model.hf, a.mlp_norm, l).register_forward_hook(
+                    lambda m, i, out, l=l: feats.append(clt.encode(out.float(), l))))
+                hooks.append(a.get(model.hf, a.mlp, l).register_forward_hook(
+                    lambda m, i, out, l=l: clt.decode_layer(feats[:l + 1], l)))
+        try:
+            with torch.no_grad(): loss = float(model.hf(input_ids=ids, labels=ids).loss)
+        finally:
+            for h in hooks: h.remove()
+        total += loss * (ids.shape[1] - 1); count += ids.shape[1] - 1
+    return total / count
+
+
+def test_spliced_loss_matches_a_hand_splice(tiny, trained):
+    "The clean and spliced next-token losses against HF's own loss, text by text, with the splice written as plain hooks."
     clt, _ = trained
-    clean, spliced = next_token_loss(tiny, TEXTS), next_token_loss(tiny, TEXTS, clt)
-    assert 0 < clean < 20 and 0 < spliced < 50
+    constant = CLT(clt.cfg)   # zero decoders and a large bias: every MLP output replaced by a constant vector
+    g = torch.Generator().manual_seed(0)
+    constant.load_state_dict({k: (10 * torch.randn(v.shape, generator=g) if k == 'b_dec' else torch.zeros_like(v))
+                              if 'dec' in k else v for k, v in clt.state_dict().items()})
+    clean = next_token_loss(tiny, TEXTS)
+    assert abs(clean - _hand_loss(tiny, TEXTS)) < 1e-4                # padding, positions and the loss path
+    for c in (clt, constant):
+        assert abs(next_token_loss(tiny, TEXTS, c) - _hand_loss(tiny, TEXTS, c)) < 1e-4   # the splice itself
+    assert abs(next_token_loss(tiny, TEXTS, constant) - clean) > 1e-2  # so that the comparison is not vacuous
 
 
 @pytest.mark.parametrize('family', ['llama', 'gemma'])
