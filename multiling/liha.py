@@ -11,11 +11,12 @@ from typing import Callable, Sequence
 import numpy as np, pandas as pd
 from .core import (MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languages, check_param, atomic_path, checkpoint_dir)
 from . import stats
+from .params import NotebookParams, param
 
 # %% auto 0
 __all__ = ['STOP_MARGIN', 'METHODS', 'STOP_EVERY', 'COMPENSATION_METRICS', 'decision_text', 'decided', 'parse_heads',
            'switch_rates', 'first_divergence', 'shortcut_generate', 'liha_generations', 'broadcasters', 'summarize',
-           'liha_cli', 'language_token_weights', 'language_directions', 'norm_affine', 'norm_scale',
+           'liha_cli', 'LihaParams', 'language_token_weights', 'language_directions', 'norm_affine', 'norm_scale',
            'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads', 'head_dla',
            'CompensationRuns', 'compensation_runs', 'compensation_table', 'compensation', 'control_heads',
            'compensation_specificity', 'generation_layer_change']
@@ -316,7 +317,35 @@ def _num(s, name):
     try: return int(s)
     except (TypeError, ValueError): raise MultilingError(f"--{name} must be an integer, got {s!r}") from None
 
-# %% ../nbs/08_liha.ipynb 18
+# %% ../nbs/08_liha.ipynb 17
+@dataclass
+class LihaParams(NotebookParams):
+    "The parameters of the LIHA notebook (nbs/20_liha.ipynb)."
+    model: str = param(str, 'an offline name (models.offline_names()), a local folder or a Hugging Face id')
+    languages: list = param(list, 'prompt languages (comma-separated codes)', convert=parse_languages)
+    prompts: str = param(str, 'prompt CSV with id + one column per language; None: the committed set', optional=True)
+    n_prompts: int = param(int, 'prompts per language', min=1)
+    max_new_tokens: int = param(int, 'tokens generated at most per continuation', min=1)
+    decide_chars: int = param(int, "characters of a continuation its language is decided on", min=1)
+    out_dir: str = param(str, 'folder of the tables and of the checkpoint shards')
+    fig_dir: str = param(str, 'folder of the figures')
+    device: str = param(str, "'cpu', 'cuda', 'cuda:N' or 'auto'")
+    dtype: str = param(str, "'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16' or 'float16'")
+    seed: int = param(int, 'random seed', min=0)
+    batch_size: int = param(int, 'rows per forward pass', min=1)
+    method: str = param(str, "sweep engine (the same table): 'fast' or 'naive'", choices=('fast', 'naive'))
+    resume: bool = param(bool, 'reuse checkpoint shards of the same sweep')
+    top_k: int = param(int, 'top heads listed and shown by language', min=1)
+    n_compensation_heads: int = param(int, 'top heads ablated one at a time in the compensation analysis', min=1)
+    n_controls: int = param(int, 'control heads (lowest SR of the same layer) per top head', min=1)
+    n_boot: int = param(int, 'bootstrap resamples for the intervals', min=100)
+
+    def __post_init__(self):
+        if self.n_compensation_heads is not None and self.top_k is not None and self.n_compensation_heads > self.top_k:
+            raise MultilingError(f"n_compensation_heads ({self.n_compensation_heads}) must be at most top_k ({self.top_k})")
+
+
+# %% ../nbs/08_liha.ipynb 21
 def _unembed_weight(model):
     "The unembedding as [vocab, d_model]."
     return model.adapter.get(model.hf, model.adapter.unembed).weight
@@ -343,7 +372,7 @@ def language_directions(model, # a LoadedModel
     W = _unembed_weight(model).detach().double()
     return {l: (c.to(W.device) @ W).float() for l, c in language_token_weights(model, texts).items()}
 
-# %% ../nbs/08_liha.ipynb 21
+# %% ../nbs/08_liha.ipynb 24
 def norm_affine(mod, # a LayerNorm or RMSNorm-like module
                ) -> dict:
     "A norm as gamma * P(x) / scale(x) + beta: gamma, beta, eps, and `center` (P centres for LayerNorm, identity for RMSNorm)."
@@ -432,7 +461,7 @@ def head_dla(model, # a LoadedModel
         out.append(d if post is None else d / attn_scale[l].double()[..., None])
     return torch.stack(out) / scale.double()[None, :, :, None]
 
-# %% ../nbs/08_liha.ipynb 25
+# %% ../nbs/08_liha.ipynb 28
 COMPENSATION_METRICS = ('dla', 'first_token_attention')
 
 @dataclass
@@ -586,7 +615,7 @@ def compensation(model, # a LoadedModel (or spec for `models.load_model`)
     runs = compensation_runs(model, prompts, languages, heads, directions, continuations, add_bos, batch_size, progress)
     return compensation_table(runs, test)
 
-# %% ../nbs/08_liha.ipynb 28
+# %% ../nbs/08_liha.ipynb 31
 def control_heads(switch_rates_table: pd.DataFrame, # from `switch_rates` (the language == 'all' rows are used)
                   top, # the top heads: list of (layer, head)
                   n_controls: int = 2, # controls per top head
@@ -653,7 +682,7 @@ def compensation_specificity(runs: CompensationRuns, # from `compensation_runs`,
                             p_wilcoxon=stats.paired_test(rec_ctrl, rec_top, method='wilcoxon')['p']))
     return pd.DataFrame(out)
 
-# %% ../nbs/08_liha.ipynb 31
+# %% ../nbs/08_liha.ipynb 34
 def _layer_dla(model, rows, directions, iv, add_bos, batch_size):
     "[n_rows, n_layers]: per row, each layer's heads' write onto the read-out of the language direction (no final-norm division)."
     import torch
