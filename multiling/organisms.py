@@ -527,9 +527,9 @@ def train_cli(argv: list[str] | None = None):
           f"final train loss {meta.get('final_train_loss')})")
 
 # %% ../nbs/07_organisms.ipynb 39
-def _load(model, device: str = 'cpu'):
+def _load(model, device: str = 'cpu', dtype: str = 'float32'):
     from multiling.models import load_model
-    return load_model(model, device=device, dtype='float32')
+    return load_model(model, device=device, dtype=dtype)
 
 def _name(model) -> str:
     return getattr(model, 'name', None) or Path(str(model)).name
@@ -546,12 +546,15 @@ def perplexity_by_language(model, # an organism folder, a name for `load_model`,
                            languages: list[str] | None = None, # default: all of MIXTURE_LANGUAGES
                            split: str = 'valid',
                            n_verses: int = 200, # verses per language (the same verses in every language)
-                           batch_size: int = 32, device: str = 'cpu', seed: int = 0):
+                           batch_size: int = 32, device: str = 'cpu', seed: int = 0,
+                           dtype: str = 'float32', # the model's precision (`models.resolve_dtype`)
+                          ):
     "Per language: loss (nats/token), perplexity and bits per byte of `model` on held-out verses."
     import pandas as pd
     from multiling.interventions import forward
     from multiling.models import next_token_logprobs
-    m = _load(model, device); tok = m.tokenizer
+    m = _load(model, device, dtype)
+    tok = m.tokenizer
     languages = list(languages or MIXTURE_LANGUAGES)
     verses = eval_verses(languages, n_verses, split, seed)
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -595,10 +598,11 @@ def language_fidelity(model, # an organism folder, a name for `load_model`, or a
                       n_words: int = 4, # words in a prompt (twice as many characters for zh, ja)
                       split: str = 'valid', batch_size: int = 32, device: str = 'cpu', seed: int = 0,
                       details: bool = False, # return one row per prompt instead of one per language
+                      dtype: str = 'float32', # the model's precision (`models.resolve_dtype`)
                      ):
     "Share of greedy continuations of verse openings that stay in the opening's language (with its 95% Wilson interval), per language; `reference_fidelity`: the same detector on the verse's true continuation of the same length (the measure's ceiling)."
     import pandas as pd
-    m = _load(model, device)
+    m = _load(model, device, dtype)
     languages = list(languages or _organism_languages(model) or MIXTURE_LANGUAGES)
     verses = eval_verses(languages, n_prompts, split, seed)
     texts = [(l, v, t) for l in languages for v, t in zip(verses.verse_id, verses[l])]
@@ -646,9 +650,11 @@ def instruction_following(model, # an organism folder, a name for `load_model`, 
                           languages: list[str] | None = None, # default: the organism's training languages
                           n_prompts: int = 30, # prompts per task and target language
                           max_new_tokens: int = 24, tasks=('continue', 'answer'), split: str = 'valid',
-                          batch_size: int = 32, device: str = 'cpu', seed: int = 0, details: bool = False):
+                          batch_size: int = 32, device: str = 'cpu', seed: int = 0, details: bool = False,
+                          dtype: str = 'float32', # the model's precision (`models.resolve_dtype`)
+                         ):
     "Per task and target language: the share of answers in the asked language (`follow_rate`) and in the source's (`source_rate`)."
-    m = _load(model, device)
+    m = _load(model, device, dtype)
     languages = list(languages or _organism_languages(model) or MIXTURE_LANGUAGES)
     df = instruction_prompts(languages, n_prompts, tasks, split, seed=seed)
     df['answer'] = _generate(m, df.prompt.tolist(), max_new_tokens, batch_size)
