@@ -5,6 +5,7 @@
 # %% ../nbs/06_plots.ipynb 3
 from __future__ import annotations
 import inspect
+import itertools
 from dataclasses import dataclass
 import matplotlib
 import matplotlib.pyplot as plt
@@ -78,7 +79,7 @@ GLOSSARY = {
     'layer': Term('layer'), 'head': Term('head'), 'head_label': Term('head'),
     'group': Term('script or script group'), 'grouping': Term('grouped by'),
     'script': Term('script'), 'script_group': Term('script group'),
-    'role': Term('model'), 'add_bos': Term('BOS token prepended'),
+    'role': Term('language role'), 'add_bos': Term('BOS token prepended'),
     'language': Term('language'), 'lang': Term('prompt language'), 'model': Term('model'),
     # organisms
     'bits_per_byte': Term('held-out bits per byte', 'lower is better'),
@@ -240,7 +241,13 @@ def finish(fig, text: str = ''):
         own = s.startswith('n = ') and len(titles) < len(per_ax) and all(titles)
         notes.append(f"{' and '.join(titles)}: {s}" if own else s)
     body = ' '.join(s if s.endswith('.') else s + '.' for s in [*notes, text] if s)
-    return caption(fig, body)
+    caption(fig, body)
+    for ax in fig.axes:   # the final layout moved the data under a corner legend: choose its place again
+        placed = ax.__dict__.get('_multiling_legend')
+        if placed and placed[1] == 'auto' and ax.get_legend() and covers_data(ax):
+            title, where, handles, labels, ncol = placed
+            place_legend(ax, title, where, handles, labels, ncol)
+    return fig
 
 # %% ../nbs/06_plots.ipynb 14
 def _data_paths(ax):
@@ -283,6 +290,7 @@ def place_legend(ax, title: str | None = None, where: str = 'auto', # 'auto' (a 
     "A legend on `ax` that covers no data: in a free corner of the axes, else outside it."
     if handles is None: handles, labels = _handles(ax)
     if not handles: return None
+    ax.__dict__['_multiling_legend'] = (title, where, handles, labels, ncol)   # `finish` checks it again after the layout
     kw = dict(title=title, ncol=ncol, frameon=True, framealpha=0.9, borderaxespad=0.3, handlelength=1.6)
     if where == 'auto':
         for loc in ('upper right', 'upper left', 'lower right', 'lower left', 'center right', 'center left'):
@@ -328,6 +336,10 @@ def check_figure(fig, max_width: float = PAGE_WIDTH) -> list[str]:
         if any('_' in word.strip('()[],.:;') for word in s.split()):
             problems.append(f'raw name in {s!r}')
         if t.get_fontsize() < MIN_FONT_SIZE - 1e-6: problems.append(f'{t.get_fontsize():.1f} pt text {s[:30]!r}')
+    labels = [(i, t.get_window_extent()) for i, ax in enumerate(fig.axes) if ax.get_visible() and ax.axison
+              for t in (ax.title, ax.xaxis.label, ax.yaxis.label) if t.get_text()]
+    for (i, a), (j, b) in itertools.combinations(labels, 2):
+        if i != j and a.overlaps(b): problems.append(f'labels of two panels overlap ({fig.axes[i].get_title()!r}, {fig.axes[j].get_title()!r})')
     for ax in fig.axes:
         flags = ax.__dict__.get('_multiling', {})
         if ax.get_legend() and covers_data(ax): problems.append(f'legend covers data in {ax.get_title()!r}')
@@ -429,13 +441,16 @@ def curves(df: pd.DataFrame, x: str, value: str, hue: str | None = None, # a cur
            err_style: str = 'band', # 'band' (shaded) or 'bars' (error bars, dodged so equal curves stay apart)
            hue_order=None, ylabel: str | None = None, xlabel: str | None = None,
            x_labels: dict | None = None, # tick label per x value; x is then drawn as equally spaced categories
-           n=None, n_unit: str = '', legend: str = 'auto', width='column', ylim=None):
+           n=None, n_unit: str = '', legend: str = 'auto', width='column', ylim=None,
+           hue_label: str | None = None): # legend title (default: the glossary's label of `hue`)
     "Curves of `value` against `x`, one per `hue` level, each with its interval (band or error bars) and its own marker."
     _need(df, [x, value, hue])
     fig = None
     if ax is None: fig, ax = figure(width=width)
     lohi = interval(df, value, err)
-    levels = _levels(df, hue, hue_order); colours = palette(levels)
+    levels = _levels(df, hue, hue_order)
+    every = list(hue_order) if hue_order is not None else levels   # a level keeps its colour and marker in every panel
+    colours = palette(every)
     xs_all = sorted(pd.unique(df[x]))
     categorical = x_labels is not None or not pd.api.types.is_numeric_dtype(df[x])
     pos = {v: i for i, v in enumerate(xs_all)} if categorical else None
@@ -446,7 +461,7 @@ def curves(df: pd.DataFrame, x: str, value: str, hue: str | None = None, # a cur
         xv = g[x].map(pos).to_numpy(float) if pos else g[x].to_numpy(float)
         if spread: xv = xv + spread * (j / (len(levels) - 1) - 0.5)
         c = colours[lev] if lev is not None else 'C0'
-        ax.plot(xv, g[value], marker=MARKERS[j % len(MARKERS)], color=c, label=value_label(lev) if lev is not None else None,
+        ax.plot(xv, g[value], marker=MARKERS[every.index(lev) % len(MARKERS)] if lev is not None else 'o', color=c, label=value_label(lev) if lev is not None else None,
                 zorder=3 + 0.1 * (len(levels) - j))   # earlier levels on top: a level drawn late cannot bury the first
         if lohi:
             lo, hi = g[lohi[0]].to_numpy(float), g[lohi[1]].to_numpy(float)
@@ -464,7 +479,7 @@ def curves(df: pd.DataFrame, x: str, value: str, hue: str | None = None, # a cur
     if isinstance(n, str): n = df[n]
     if n is not None: note(ax, n_text(n, n_unit))
     if lohi: note(ax, f"{'bands' if err_style == 'band' else 'error bars'}: 95% intervals")
-    if hue and legend != 'none': place_legend(ax, label(hue, unit=False), where=legend)
+    if hue and legend != 'none': place_legend(ax, hue_label or label(hue, unit=False), where=legend)
     return finish(fig) if fig else ax.figure
 
 def lines_by_layer(df: pd.DataFrame, value: str, hue: str, # a curve per value of `hue`
@@ -479,10 +494,12 @@ def bars(df: pd.DataFrame, x: str, value: str, hue: str | None = None, title: st
          err='auto', # (low, high) columns; 'auto': ci_low/ci_high, required for a rate
          ylabel: str | None = None, rotate: int = 0, x_order=None, hue_order=None,
          x_labels: dict | None = None, # tick label per x value
-         n=None, n_unit: str = '', legend: str = 'auto', width=None):
+         n=None, n_unit: str = '', legend: str = 'auto', width=None,
+         hue_label: str | None = None): # legend title (default: the glossary's label of `hue`)
     "Grouped bars of `value` by `x` (and `hue`) with error bars; a bar at 0 gets a marker, a missing one says n/a."
     _need(df, [x, value, hue])
-    xs = _levels(df, x, x_order); levels = _levels(df, hue, hue_order); colours = palette(levels)
+    xs = _levels(df, x, x_order); levels = _levels(df, hue, hue_order)
+    colours = palette(list(hue_order) if hue_order is not None else levels)   # a level keeps its colour in every panel
     fig = None
     if ax is None:
         fig, ax = figure(width=width or ('column' if len(xs) * len(levels) <= 16 else 'page'))
@@ -519,7 +536,7 @@ def bars(df: pd.DataFrame, x: str, value: str, hue: str | None = None, title: st
     if hue:   # handles made here: a level whose every bar is missing still has its entry
         handles = [matplotlib.patches.Patch(color=colours[lev]) for lev in levels]
         ax.__dict__['_multiling_handles'] = (handles, [value_label(lev) for lev in levels])
-        if legend != 'none': place_legend(ax, label(hue, unit=False), where=legend)
+        if legend != 'none': place_legend(ax, hue_label or label(hue, unit=False), where=legend)
     return finish(fig) if fig else ax.figure
 
 # %% ../nbs/06_plots.ipynb 29
@@ -571,6 +588,6 @@ def facets(df: pd.DataFrame, by: str, plot, # a function above (`bars`, `curves`
     for ax in axes[:, 1:].ravel():
         if sharey: ax.set_ylabel('')
     hue = kw.get('hue')
-    if legend and hue: shared_legend(fig, axes.ravel()[0], title=label(hue, unit=False))
+    if legend and hue: shared_legend(fig, axes.ravel()[0], title=kw.get('hue_label') or label(hue, unit=False))
     if title: fig.suptitle(title)
     return finish(fig)

@@ -10,7 +10,7 @@ from scipy import stats as _st
 from .core import MultilingError
 
 # %% auto 0
-__all__ = ['bootstrap_ci', 'wilson_ci', 'with_proportion_ci', 'grouped_bootstrap_ci', 'grouped_proportion_ci',
+__all__ = ['bootstrap_ci', 'wilson_ci', 'with_proportion_ci', 'proportions_long', 'grouped_bootstrap_ci', 'grouped_proportion_ci',
            'cluster_bootstrap_ci', 'bootstrap_share_ci', 'zscores', 'paired_test', 'spearman', 'binomial_test',
            'proportion_ci', 'fisher_exact', 'benjamini_hochberg']
 
@@ -51,6 +51,16 @@ def with_proportion_ci(df: pd.DataFrame, k: str, n: str, # columns of successes 
     if missing: raise MultilingError(f"with_proportion_ci: the table lacks {missing}; it has {list(df.columns)}")
     lo, hi = wilson_ci(df[k].to_numpy(float), df[n].to_numpy(float), level)
     return df.assign(ci_low=lo, ci_high=hi)
+
+def proportions_long(df: pd.DataFrame, id_vars: list[str], # columns that identify a row (kept)
+                     value_vars: list[str], # share columns, each a share of the row's `n`
+                     n: str = 'n', var_name: str = 'measure', value_name: str = 'share', level: float = 0.95) -> pd.DataFrame:
+    "Share columns of a wide table as one long table: a row per share with its count `k` (share x n) and Wilson interval."
+    long = df.melt(id_vars=[*id_vars, n], value_vars=list(value_vars), var_name=var_name, value_name=value_name)
+    k = (long[value_name] * long[n]).round()
+    if not np.allclose(k, long[value_name] * long[n], atol=1e-6 * np.maximum(long[n], 1)):
+        raise MultilingError(f"proportions_long: {list(value_vars)} are not shares of whole counts of {n!r}")
+    return with_proportion_ci(long.assign(k=k.astype(int)), 'k', n, level)
 
 
 # %% ../nbs/05_stats.ipynb 8
