@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import LANGUAGE_NAMES, MultilingError, atomic_path, check_param, checkpoint_dir
+from .core import LANGUAGE_NAMES, MultilingError, atomic_path, check_param
 from .models import LoadedModel, linear_shape
 from .models import Batch
 from .interventions import Intervention, UnitForce, forward, generate
@@ -437,27 +437,23 @@ def run_tampering(model: LoadedModel,
     "Generate every prompt of each target language under each of its runs; one row per output with its detected language."
     from tqdm.auto import tqdm
     from multiling.langid import get_detector
+    from multiling.shard import checkpoints, sweep_key
     detector = get_detector(languages)
-    ckpt = Path(out_dir) if out_dir is not None else None
-    if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        key = dict(model=model.name, weights=model.weights_hash, runs=_runs_key(runs), max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_k=top_k, languages=list(languages),
-                   values=hashlib.sha256(values.float().cpu().numpy().tobytes()).hexdigest()[:16],
-                   prompts=hashlib.sha256(json.dumps({l: p.prompt.tolist() + p.sample_seed.astype(str).tolist() for l, p in prompts.items()},
-                                                     sort_keys=True).encode()).hexdigest()[:16])
-        checkpoint_dir(ckpt, key, resume, what='tampering sweep')
-    parts = []
-    for li, lang in enumerate(tqdm(languages, disable=not progress, desc='tampering')):
-        path = ckpt / f'shard_{lang}.parquet' if ckpt is not None else None
-        if path is not None and resume and path.exists(): parts.append(pd.read_parquet(path)); continue
+    key = {} if out_dir is None else sweep_key(
+        model, runs=_runs_key(runs), max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+        languages=list(languages), values=hashlib.sha256(values.float().cpu().numpy().tobytes()).hexdigest()[:16],
+        prompts=hashlib.sha256(json.dumps({l: p.prompt.tolist() + p.sample_seed.astype(str).tolist() for l, p in prompts.items()},
+                                          sort_keys=True).encode()).hexdigest()[:16])
+    ckpt = checkpoints(out_dir, key, resume, what='tampering sweep')   # one piece per target language
+
+    def language_piece(li: int, lang: str) -> pd.DataFrame:
         ps, rs = prompts[lang], runs[runs.language == lang]
         ivs = [forcing_intervention(units.iloc[r.units], values[li, r.units].cpu().numpy(), label=f'{r.condition}-{r.n_units}')
                for r in rs.itertuples()]
         rows = [dict(language=lang, condition=r.condition, n_units=r.n_units, prompt_type=p.prompt_type, prompt_id=p.prompt_id,
                      source=p.source, prompt=p.prompt, sample_seed=int(p.sample_seed), iv=iv)
                 for r, iv in zip(rs.itertuples(), ivs) for p in ps.itertuples()]
-        df = pd.DataFrame(rows); df['output'] = ''
+        df = pd.DataFrame(rows).assign(output='')
         for sampled, g in df.groupby(df.prompt_type == 'unconditional'):
             # the unconditional prompt IS the BOS token; a translation prompt gets the tokenizer's usual BOS
             kw = dict(do_sample=True, temperature=temperature, top_k=top_k, seed=g.sample_seed.tolist(), add_bos=False) if sampled else {}
@@ -467,9 +463,10 @@ def run_tampering(model: LoadedModel,
         df['detected'] = detector.detect_batch(df.output.tolist())
         df['in_target'] = (df.detected == lang).astype(int)
         df['empty'] = df.output.str.strip() == ''
-        if path is not None:
-            with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
-        parts.append(df)
+        return df
+
+    parts = [ckpt.piece(lang, lambda li=li, lang=lang: language_piece(li, lang))
+             for li, lang in enumerate(tqdm(languages, disable=not progress, desc='tampering'))]
     return pd.concat(parts, ignore_index=True)
 
 def tampering_summary(gens: pd.DataFrame, by=('prompt_type', 'condition', 'n_units'), n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:

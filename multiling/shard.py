@@ -9,13 +9,85 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Sequence
 import pandas as pd
-from .core import MultilingError, atomic_path, write_json, check_param
+from .core import MultilingError, atomic_path, check_param, checkpoint_dir
 
 # %% auto 0
-__all__ = ['BACKENDS', 'LIHA_KEYS', 'Shard', 'make_shards', 'sweep_fingerprint', 'shard_dir', 'shard_path', 'run_shard',
-           'run_shards', 'merge_shards', 'liha_sweep']
+__all__ = ['BACKENDS', 'LIHA_KEYS', 'sweep_key', 'Checkpoints', 'checkpoints', 'Shard', 'make_shards', 'sweep_fingerprint',
+           'shard_dir', 'shard_path', 'run_shards', 'merge_shards', 'cached_model', 'liha_sweep']
 
 # %% ../nbs/16_shard.ipynb 6
+BACKENDS = ('inprocess', 'ray')
+
+def sweep_key(model, # a `LoadedModel`
+              **settings) -> dict:
+    "What defines a sweep of `model`: its name and weights hash, and `settings` (every setting and input of the sweep)."
+    return dict(model=model.name, weights=model.weights_hash, **settings)
+
+@dataclass(frozen=True)
+class Checkpoints:
+    "The checkpoint folder of one sweep (see `checkpoints`): one `shard_<name>.parquet` per finished piece."
+    path: Path | None   # None: nothing is kept, every piece is computed
+
+    def file(self, name: str) -> Path | None:
+        return None if self.path is None else self.path / f'shard_{name}.parquet'
+    def done(self, name: str) -> bool: return self.path is not None and self.file(name).exists()
+    def read(self, name: str) -> pd.DataFrame:
+        "The table of a finished piece; a clear error for a damaged file."
+        try: return pd.read_parquet(self.file(name))
+        except Exception as e:
+            raise MultilingError(f"shard table {self.file(name)} cannot be read ({type(e).__name__}: {e}): delete it and "
+                                 "run the sweep again (finished pieces are kept)") from None
+    def write(self, name: str, df: pd.DataFrame) -> Path | None:
+        "Write a piece's table atomically (nothing without a folder)."
+        if not isinstance(df, pd.DataFrame):
+            raise MultilingError(f"a sweep piece must be a pandas DataFrame, got {type(df).__name__}")
+        if self.path is None: return None
+        with atomic_path(self.file(name)) as tmp: df.reset_index(drop=True).to_parquet(tmp, index=False)
+        return self.file(name)
+    def piece(self, name: str, compute: Callable[[], pd.DataFrame],
+              on_write: Callable[[str], None] | None = None, # called with `name` after a piece is computed
+             ) -> pd.DataFrame:
+        "The table of piece `name`: read when it is finished, else computed and written."
+        if self.done(name): return self.read(name)
+        df = compute()
+        self.write(name, df)
+        if on_write is not None: on_write(name)
+        return df
+    def run(self, pieces: dict, # name -> compute(): every piece of the sweep, in order
+            backend: str = 'inprocess', # 'inprocess' or 'ray' (computes must then be picklable)
+            max_retries: int = 3, num_cpus: float = 1, num_gpus: float = 0, # Ray: per piece
+            progress: bool = False, desc: str = 'sweep') -> list[Path]:
+        "Write every piece not written yet; return the pieces' files in order."
+        if backend not in BACKENDS: raise MultilingError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.path is None: raise MultilingError("running pieces needs a checkpoint folder: open checkpoints(path, key)")
+        todo = [n for n in pieces if not self.done(n)]
+        if backend == 'inprocess':
+            from tqdm.auto import tqdm
+            for n in tqdm(todo, disable=not progress, desc=desc): self.write(n, pieces[n]())
+            return [self.file(n) for n in pieces]
+        try: import ray
+        except ImportError:
+            raise MultilingError("backend='ray' needs Ray: pip install -e '.[ray]' (or use backend='inprocess')") from None
+        if not ray.is_initialized(): ray.init(address=os.environ.get('RAY_ADDRESS'), ignore_reinit_error=True)
+        remote = ray.remote(max_retries=max_retries, num_cpus=num_cpus, num_gpus=num_gpus)(_ray_piece)
+        ray.get([remote.remote(self, n, pieces[n]) for n in todo])
+        return [self.file(n) for n in pieces]
+
+def _ray_piece(ckpt: Checkpoints, name: str, compute: Callable) -> str:
+    return str(ckpt.write(name, compute()))
+
+def checkpoints(path: str | Path | None, # the sweep's folder; None: keep nothing
+                key: dict, # what defines the sweep (`sweep_key`): another sweep's folder is refused
+                resume: bool = True, # keep the pieces already there (False: delete them)
+                what: str = 'sweep', # the sweep's name in messages
+               ) -> Checkpoints:
+    "Open (create) the checkpoint folder of the sweep `key`; refuse one that holds another sweep's pieces."
+    if path is None: return Checkpoints(None)
+    try: return Checkpoints(checkpoint_dir(path, key, resume, what))
+    except json.JSONDecodeError:
+        raise MultilingError(f"{Path(path) / 'sweep_key.json'} is corrupt (not JSON): delete {path} and run the sweep again") from None
+
+# %% ../nbs/16_shard.ipynb 9
 @dataclass(frozen=True)
 class Shard:
     "One piece of a sweep: heads `[h0, h1)` x prompts `[p0, p1)` (indices into the sweep's lists)."
@@ -26,7 +98,7 @@ class Shard:
     p1: int
 
     @property
-    def name(self) -> str: return f'shard-{self.index:05d}_h{self.h0}-{self.h1}_p{self.p0}-{self.p1}'
+    def name(self) -> str: return f'{self.index:05d}_h{self.h0}-{self.h1}_p{self.p0}-{self.p1}'
     @property
     def size(self) -> int: return (self.h1 - self.h0) * (self.p1 - self.p0)
 
@@ -45,7 +117,7 @@ def make_shards(n_heads: int, # number of heads (or units) in the sweep
             shards.append(Shard(len(shards), h0, min(h0 + hs, n_heads), p0, min(p0 + ps, n_prompts)))
     return shards
 
-# %% ../nbs/16_shard.ipynb 9
+# %% ../nbs/16_shard.ipynb 12
 def sweep_fingerprint(heads: Sequence, prompts: Sequence, extra: dict | None = None) -> str:
     "A short hash of the sweep's heads, prompts and settings: shards from another sweep are never merged into this one."
     h = hashlib.sha256(json.dumps([list(map(list, heads)) if heads and isinstance(heads[0], (tuple, list)) else list(heads),
@@ -54,39 +126,21 @@ def sweep_fingerprint(heads: Sequence, prompts: Sequence, extra: dict | None = N
 
 def shard_dir(out_dir: str | Path, stem: str) -> Path: return Path(out_dir) / f'{stem}.shards'
 
-def shard_path(out_dir: str | Path, stem: str, shard: Shard) -> Path: return shard_dir(out_dir, stem) / f'{shard.name}.parquet'
+def shard_path(out_dir: str | Path, stem: str, shard: Shard) -> Path:
+    return Checkpoints(shard_dir(out_dir, stem)).file(shard.name)
 
-def _prepare_manifest(out_dir, stem, shards, fingerprint) -> Path:
-    d = shard_dir(out_dir, stem); m = d / 'manifest.json'
-    want = {'stem': stem, 'fingerprint': fingerprint, 'shards': [asdict(s) for s in shards]}
-    if m.exists():
-        try: have = json.loads(m.read_text())
-        except ValueError: raise MultilingError(f"{m} is corrupt (not JSON): delete {d} and run the sweep again") from None
-        if have.get('fingerprint') != fingerprint or have.get('shards') != want['shards']:
-            raise MultilingError(f"{d} holds shards of a different sweep (other heads, prompts, settings or shard sizes): "
-                                 f"delete that folder or choose another out_dir/stem")
-    else: write_json(want, m)
-    return m
+def _grid_key(stem: str, shards: list[Shard], fingerprint: str) -> dict:
+    return {'stem': stem, 'fingerprint': fingerprint, 'shards': [asdict(s) for s in shards]}
 
-# %% ../nbs/16_shard.ipynb 11
-def run_shard(task: Callable, # task(heads, prompts) -> DataFrame
-              shard: Shard, heads: Sequence, prompts: Sequence,
-              out_dir: str | Path, stem: str) -> Path:
-    "Run one shard unless its table exists; return the table's path."
-    path = shard_path(out_dir, stem, shard)
-    if path.exists(): return path
-    df = task(list(heads[shard.h0:shard.h1]), list(prompts[shard.p0:shard.p1]))
-    if not isinstance(df, pd.DataFrame): raise MultilingError(f"the sweep task must return a pandas DataFrame, got {type(df).__name__}")
-    df = df.reset_index(drop=True)
-    with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
-    return path
+# %% ../nbs/16_shard.ipynb 14
+def _shard_table(task: Callable, heads: list, prompts: list) -> pd.DataFrame:
+    "The table of one shard: `task` on its heads and prompts."
+    df = task(list(heads), list(prompts))
+    if not isinstance(df, pd.DataFrame):
+        raise MultilingError(f"the sweep task must return a pandas DataFrame, got {type(df).__name__}")
+    return df
 
-def _ray_run_shard(task, shard, heads, prompts, out_dir, stem):
-    return str(run_shard(task, shard, heads, prompts, out_dir, stem))
-
-# %% ../nbs/16_shard.ipynb 13
-BACKENDS = ('inprocess', 'ray')
-
+# %% ../nbs/16_shard.ipynb 16
 def run_shards(task: Callable, # task(heads, prompts) -> DataFrame
                heads: Sequence, # the sweep's heads, e.g. `model.adapter.heads` (any picklable items)
                prompts: Sequence, # the sweep's prompts (any picklable items)
@@ -97,7 +151,8 @@ def run_shards(task: Callable, # task(heads, prompts) -> DataFrame
                max_retries: int = 3, # Ray: re-runs of a shard whose worker died
                num_cpus: float = 1, # Ray: CPUs per shard task
                num_gpus: float = 0, # Ray: GPUs per shard task (1 = one shard per GPU)
-               settings: dict | None = None, # everything else that defines the sweep (model, seed...): part of the fingerprint
+               settings: dict | None = None, # everything else that defines the sweep (model, seed...): fingerprinted
+               resume: bool = True, # keep the shards already written (False: start over)
                progress: bool = False) -> list[Path]:
     "Run every shard of the sweep (skipping those already written); return the shard tables' paths in shard order."
     if backend not in BACKENDS: raise MultilingError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -105,44 +160,46 @@ def run_shards(task: Callable, # task(heads, prompts) -> DataFrame
     if not heads or not prompts: raise MultilingError("a sweep needs at least one head and one prompt")
     shards = make_shards(len(heads), len(prompts), heads_per_shard, prompts_per_shard)
     # a task may carry what defines it (`task.settings`: model weights, generation settings); all of it is fingerprinted
-    _prepare_manifest(out_dir, stem, shards, sweep_fingerprint(heads, prompts, {**getattr(task, 'settings', {}), **(settings or {})}))
-    if backend == 'inprocess':
-        from tqdm.auto import tqdm
-        return [run_shard(task, s, heads, prompts, out_dir, stem) for s in tqdm(shards, disable=not progress, desc=stem)]
-    try: import ray
-    except ImportError: raise MultilingError("backend='ray' needs Ray: pip install -e '.[ray]' (or use backend='inprocess')") from None
-    if not ray.is_initialized(): ray.init(address=os.environ.get('RAY_ADDRESS'), ignore_reinit_error=True)
-    remote = ray.remote(max_retries=max_retries, num_cpus=num_cpus, num_gpus=num_gpus)(_ray_run_shard)
-    task_ref, heads_ref, prompts_ref = ray.put(task), ray.put(heads), ray.put(prompts)
-    todo = [s for s in shards if not shard_path(out_dir, stem, s).exists()]
-    refs = [remote.remote(task_ref, s, heads_ref, prompts_ref, str(out_dir), stem) for s in todo]
-    ray.get(refs)
-    return [shard_path(out_dir, stem, s) for s in shards]
+    fingerprint = sweep_fingerprint(heads, prompts, {**getattr(task, 'settings', {}), **(settings or {})})
+    ck = checkpoints(shard_dir(out_dir, stem), _grid_key(stem, shards, fingerprint), resume, what='sharded sweep')
+    pieces = {s.name: functools.partial(_shard_table, task, heads[s.h0:s.h1], prompts[s.p0:s.p1]) for s in shards}
+    return ck.run(pieces, backend, max_retries, num_cpus, num_gpus, progress, desc=stem)
 
 def merge_shards(out_dir: str | Path, stem: str = 'sweep',
                  sort_by: Sequence[str] | None = None, # key columns; default: shard order
                 ) -> pd.DataFrame:
-    "Concatenate every shard table listed in the manifest; a missing shard or a duplicated key row is an error."
-    d = shard_dir(out_dir, stem); m = d / 'manifest.json'
-    if not m.exists(): raise MultilingError(f"no sharded sweep at {d}: run `run_shards(..., out_dir={str(out_dir)!r}, stem={stem!r})` first")
-    shards = [Shard(**s) for s in json.loads(m.read_text())['shards']]
-    missing = [s.name for s in shards if not shard_path(out_dir, stem, s).exists()]
+    "Concatenate every shard table of the sweep; a missing shard or a duplicated key row is an error."
+    d = shard_dir(out_dir, stem)
+    if not (d / 'sweep_key.json').exists():
+        raise MultilingError(f"no sharded sweep at {d}: run `run_shards(..., out_dir={str(out_dir)!r}, stem={stem!r})` first")
+    ck = Checkpoints(d)
+    shards = [Shard(**s) for s in json.loads((d / 'sweep_key.json').read_text())['shards']]
+    missing = [ck.file(s.name).name for s in shards if not ck.done(s.name)]
     if missing: raise MultilingError(f"{len(missing)} of {len(shards)} shards not written yet ({', '.join(missing[:5])}"
                                      f"{'...' if len(missing) > 5 else ''}): run the sweep again (finished shards are skipped)")
-    parts = []
-    for s in shards:
-        try: parts.append(pd.read_parquet(shard_path(out_dir, stem, s)))
-        except Exception as e: raise MultilingError(f"shard table {shard_path(out_dir, stem, s)} cannot be read ({e}): delete it and run the sweep again") from None
-    df = pd.concat(parts, ignore_index=True)
+    df = pd.concat([ck.read(s.name) for s in shards], ignore_index=True)
     if sort_by:
         dup = df.duplicated(list(sort_by))
-        if dup.any(): raise MultilingError(f"{int(dup.sum())} duplicated rows on {list(sort_by)} across shards: the task returned rows outside its shard")
+        if dup.any(): raise MultilingError(f"{int(dup.sum())} duplicated rows on {list(sort_by)} across shards: "
+                                           "the task returned rows outside its shard")
         df = df.sort_values(list(sort_by), kind='stable').reset_index(drop=True)
     return df
 
-# %% ../nbs/16_shard.ipynb 17
+# %% ../nbs/16_shard.ipynb 20
+def _weights_stamp(spec: str) -> tuple:
+    "What changes when the model behind `spec` is re-trained or replaced: its folder's files (name, inode, size, mtime)."
+    from multiling.models import model_path
+    path, _ = model_path(spec)
+    if path is None: return ()   # a hub model: its revision does not change under a running sweep
+    return tuple(sorted((f.name, f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns)
+                        for f in Path(path).iterdir() if f.is_file()))
+
+def cached_model(spec: str, device: str = 'cpu', dtype: str = 'auto'):
+    "`load_model(spec)`, kept for the next shard of this process (or Ray worker) until its weights' files change."
+    return _cached_model(spec, device, dtype, _weights_stamp(spec))
+
 @functools.lru_cache(maxsize=2)
-def _cached_model(spec: str, device: str, dtype: str):
+def _cached_model(spec: str, device: str, dtype: str, stamp: tuple):
     from multiling.models import load_model
     return load_model(spec, device=device, dtype=dtype)
 
@@ -152,7 +209,7 @@ def _liha_task(spec: str, device: str, dtype: str, max_new_tokens: int, decide_c
     from multiling.core import set_seed
     from multiling.liha import liha_generations
     set_seed(0)
-    model = _cached_model(spec, device, dtype)
+    model = cached_model(spec, device, dtype)
     return liha_generations(model, pd.DataFrame(prompts), list(languages), heads=[tuple(h) for h in heads],
                             max_new_tokens=max_new_tokens, decide_chars=decide_chars, batch_size=batch_size)
 
@@ -177,7 +234,7 @@ def liha_sweep(model: str, # a spec for `load_model` (each worker loads it itsel
     batch_size = check_param('batch_size', batch_size, int, 1)
     wide = load_prompts(prompts_path, languages=langs, n=n_prompts)
     prompts = prompts_long(wide).to_dict('records')
-    m = _cached_model(str(model), device, dtype)
+    m = cached_model(str(model), device, dtype)
     heads = list(m.adapter.heads)
     task = functools.partial(_liha_task, str(model), device, dtype, max_new_tokens, decide_chars, batch_size, tuple(langs))
     task.settings = dict(model=str(model), weights=m.weights_hash, dtype=str(m.dtype), max_new_tokens=max_new_tokens,

@@ -1,6 +1,6 @@
 """Language-specific neurons (issue 7): AP scoring and unit forcing against hand computations on tiny models, neuron
 lists as files, the tampering sweep's checkpoints, and the experiment notebook's refusal of leaky splits."""
-import os, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -8,7 +8,7 @@ import pytest
 import torch
 from multiling.core import MultilingError
 from multiling.models import tiny_model
-from multiling.interventions import encode, generate
+from multiling.interventions import generate
 from multiling import neurons as N
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_forcing_during_generation_equals_hooks(tiny, acts):
             out = out.clone(); out[..., idx] = v; return out
         hooks.append(tiny.adapter.get(tiny.hf, s, l).register_forward_hook(hook))
     try:
-        b = encode(tiny, [prompt])
+        b = tiny.encode([prompt])
         ref = tiny.hf.generate(b.input_ids, attention_mask=b.attention_mask, max_new_tokens=10, do_sample=False,
                                pad_token_id=tiny.tokenizer.pad_token_id, eos_token_id=None)
     finally:
@@ -126,6 +126,10 @@ def test_tampering_sweep_resumes_from_its_checkpoints(tiny, acts, tmp_path):
     kw = dict(max_new_tokens=5, out_dir=tmp_path / 'ckpt')
     first = N.run_tampering(tiny, runs, med, acts.units, LANGS, prompts, **kw)
     assert len(first) == len(runs) * 2 and set(first.condition) == {'none', 'ap', 'random'}
+    # the key keeps the layout of the committed checkpoints (data/results/neurons_tampering_shards_*): they resume
+    key = json.loads((tmp_path / 'ckpt' / 'sweep_key.json').read_text())
+    assert set(key) == {'model', 'weights', 'runs', 'max_new_tokens', 'temperature', 'top_k', 'languages', 'values', 'prompts'}
+    assert key['weights'] == tiny.weights_hash and key['max_new_tokens'] == 5
     (tmp_path / 'ckpt' / 'shard_fr.parquet').unlink()          # an interrupted sweep: one language missing
     again = N.run_tampering(tiny, runs, med, acts.units, LANGS, prompts, **kw)
     pd.testing.assert_frame_equal(first, again)

@@ -89,7 +89,7 @@ def test_liha_sweep_sharded_equals_unsharded(tmp_path):
     # the sharded table is the LIHA engine's table (liha.liha_generations on the whole sweep)
     from multiling.data import load_prompts
     from multiling.liha import liha_generations
-    engine = liha_generations(shard._cached_model(str(model_dir), 'cpu', 'auto'), load_prompts(languages='en,fr', n=2),
+    engine = liha_generations(shard.cached_model(str(model_dir)), load_prompts(languages='en,fr', n=2),
                               'en,fr', max_new_tokens=3)
     pd.testing.assert_frame_equal(merged, engine)
 
@@ -103,10 +103,12 @@ def test_liha_sweep_of_retrained_weights_is_not_merged_with_old_shards(tmp_path)
     hf, tok = tiny_hf_model('gpt2', seed=0); hf.save_pretrained(model_dir); tok.save_pretrained(model_dir)
     task, heads, prompts, keys = shard.liha_sweep(str(model_dir), n_prompts=1, languages='en', max_new_tokens=2)
     run_shards(task, heads[:2], prompts, tmp_path / 'out', 'liha', heads_per_shard=1)
+    old = shard.cached_model(str(model_dir)).weights_hash
     hf, tok = tiny_hf_model('gpt2', seed=1); hf.save_pretrained(model_dir); tok.save_pretrained(model_dir)
-    shard._cached_model.cache_clear()
+    # no cache to clear: the cached model is keyed by its weights' files, so the re-trained weights are loaded
+    assert shard.cached_model(str(model_dir)).weights_hash != old
     task, heads, prompts, keys = shard.liha_sweep(str(model_dir), n_prompts=1, languages='en', max_new_tokens=2)
-    with pytest.raises(MultilingError, match='different sweep'):
+    with pytest.raises(MultilingError, match='other settings'):
         run_shards(task, heads[:2], prompts, tmp_path / 'out', 'liha', heads_per_shard=1)
 
 # ---- Ray: a local cluster on CPU (skipped when Ray is not installed) ----
