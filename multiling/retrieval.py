@@ -14,7 +14,7 @@ from .interventions import forward, generate, ablate_heads, Intervention
 from .tasks import STEP_BY_STEP
 
 # %% auto 0
-__all__ = ['NEEDLES', 'NEEDLE_VALUES', 'tokenize_with_spans', 'NeedlePrompt', 'needle_prompt', 'build_needle_prompts',
+__all__ = ['NEEDLES', 'NEEDLE_VALUES', 'ARTICLES', 'tokenize_with_spans', 'NeedlePrompt', 'needle_prompt', 'build_needle_prompts',
            'retrieval_hits', 'transition_hits', 'span_mass', 'answer_attention', 'score_heads', 'head_table',
            'top_heads', 'random_heads', 'jaccard', 'is_correct', 'needle_accuracy', 'step_by_step_prompt',
            'answer_logprob', 'masking_sweep', 'masking_contrast']
@@ -281,12 +281,24 @@ def jaccard(a, b) -> float:
     return 1.0 if not (a | b) else len(a & b) / len(a | b)
 
 # %% ../nbs/13_retrieval.ipynb 27
+ARTICLES = {  # articles that may stand before an answer word, per answer language (elided forms end with ')
+    'en': ('the', 'a', 'an'), 'fr': ('le', 'la', 'les', "l'", 'un', 'une', 'du', 'de la'),
+    'de': ('der', 'die', 'das', 'den', 'dem', 'des', 'ein', 'eine', 'einen', 'einem'),
+    'es': ('el', 'la', 'los', 'las', 'un', 'una'), 'it': ('il', 'lo', 'la', 'i', 'gli', 'le', "l'", 'un', 'uno', 'una', "un'"),
+    'pt': ('o', 'a', 'os', 'as', 'um', 'uma'), 'ru': ()}
+_QUOTES = '"\'«»“”„‘`*'
+
 def is_correct(continuation: str, # the model's greedy continuation
                answer: str, # the gold answer (' ' + value)
-               think: bool = False) -> bool:
-    "The value starts the continuation (or, for step-by-step prompts, appears in it)."
-    c, v = continuation.strip().lower(), answer.strip().lower()
-    return v in c if think else c.startswith(v)
+               think: bool = False,
+               lang: str | None = None, # the answer's language: its articles may precede the value ('le lion')
+              ) -> bool:
+    "The value starts the continuation, after quotes and an article of `lang` (step-by-step prompts: it appears in it)."
+    c, v = continuation.strip().lower().replace('’', "'"), answer.strip().lower()
+    if think: return v in c
+    c = c.lstrip(_QUOTES + ' ')
+    starts = [c] + [c[len(a):].lstrip(' ') for a in ARTICLES.get(lang, ()) if c.startswith(a if a.endswith("'") else a + ' ')]
+    return any(s.lstrip(_QUOTES + ' ').startswith(v) for s in starts)
 
 def needle_accuracy(model: LoadedModel, prompts: list[NeedlePrompt],
                     interventions=None, # None, one `Intervention` for all, or one per prompt
@@ -295,7 +307,8 @@ def needle_accuracy(model: LoadedModel, prompts: list[NeedlePrompt],
     "One row per prompt: its meta, the continuation and `correct`."
     conts = generate(model, [p.text for p in prompts], interventions=interventions, max_new_tokens=max_new_tokens,
                      batch_size=batch_size, progress=progress)
-    return pd.DataFrame([dict(p.meta, run=i, continuation=c, correct=is_correct(c, p.answer, p.meta.get('think', False)))
+    return pd.DataFrame([dict(p.meta, run=i, continuation=c,
+                              correct=is_correct(c, p.answer, p.meta.get('think', False), p.meta.get('ask_lang')))
                          for i, (p, c) in enumerate(zip(prompts, conts))])
 
 def step_by_step_prompt(p: NeedlePrompt) -> NeedlePrompt:

@@ -172,3 +172,13 @@ def test_masking_bad_input(model):
     with pytest.raises(MultilingError): R.masking_sweep(model, ['not a prompt'], {'none': []})
     runs = pd.DataFrame(dict(run=[0, 1], condition=['a', 'a'], correct=[1, 0]))
     with pytest.raises(MultilingError): R.masking_contrast(runs, 'a', 'b')
+
+
+@pytest.mark.parametrize('continuation,value,lang,ok', [
+    (' le lion. Dans la', 'lion', 'fr', True), (' le lion.\nQuestion', 'lion', 'fr', True),   # issue 17: en -> fr
+    (' the lion.\nQuestion', 'lion', 'en', True),                                             # issue 17: it -> en
+    (' "leone".\n', 'leone', 'it', True), (" l'argent", 'argent', 'fr', True), (' die Löwe', 'Löwe', 'de', True),
+    (' "lion". En la', 'león', 'es', False), (' o lion.', 'leão', 'pt', False),              # copies, not translations
+    (' the blue house.', 'lion', 'en', False), (' le lion', 'lion', 'en', False), (' lapin', 'pain', 'fr', False)])
+def test_needle_answer_in_its_target_language_forms(continuation, value, lang, ok):
+    assert R.is_correct(continuation, ' ' + value, lang=lang) is ok
