@@ -117,7 +117,7 @@ GLOSSARY = {
     # language neurons
     'n_units': Term('forced units'), 'condition': Term('condition'), 'prompt_type': Term('prompt type'),
     'share_in_target': Term('in the target language', 'share of outputs', 'rate'),
-    'share_of_set': Term('share of the set', "share of the language's selected units", 'rate'),
+    'share_of_set': Term("share of the language's set", '', 'rate'),
     'share_of_ap_in_lape': Term("AP's top units also chosen by LAPE", 'share of the set', 'rate'),
     'overlap_share': Term("share of A's units also in B's set", 'share of the set', 'rate'),
     'language_a': Term('language A'), 'language_b': Term('language B'),
@@ -314,7 +314,7 @@ def shared_legend(fig, ax=None, title: str | None = None, ncol: int | None = Non
 # %% ../nbs/06_plots.ipynb 17
 def _texts(fig):
     "Every piece of text a reader sees: titles, axis labels, ticks, legends, colour bars, annotations, the caption."
-    out = [fig._suptitle] if fig._suptitle else []
+    out = [t for t in (fig._suptitle, fig._supxlabel, fig._supylabel) if t]
     out += list(fig.texts) + [t for leg in fig.legends for t in [leg.get_title(), *leg.get_texts()]]
     for ax in fig.axes:
         if not ax.get_visible(): continue
@@ -585,8 +585,14 @@ def facets(df: pd.DataFrame, by: str, plot, # a function above (`bars`, `curves`
         extra = {'legend': 'none' if legend else 'auto'} if 'legend' in inspect.signature(plot).parameters else {}
         plot(df[df[by] == lev], ax=ax, title=value_label(lev), **extra, **kw)
     for ax in axes.ravel()[len(levels):]: ax.set_axis_off()
-    for ax in axes[:, 1:].ravel():
-        if sharey: ax.set_ylabel('')
+    shown = [ax for ax in axes.ravel()[:len(levels)]]
+    if nrows > 1:   # one label per figure side: a label per row would not fit a row's height
+        ylab, xlab = shown[0].get_ylabel().replace('\n', ' '), shown[0].get_xlabel()
+        for ax in shown: ax.set_ylabel(''); ax.set_xlabel('')
+        fig.supylabel(_wrap(ylab, 0.8 * fig.get_size_inches()[1]), fontsize=FONT_SIZE); fig.supxlabel(xlab, fontsize=FONT_SIZE)
+    else:
+        for ax in shown[1:]:
+            if sharey: ax.set_ylabel('')
     hue = kw.get('hue')
     if legend and hue: shared_legend(fig, axes.ravel()[0], title=kw.get('hue_label') or label(hue, unit=False))
     if title: fig.suptitle(title)
