@@ -139,6 +139,7 @@ VALUE_LABELS = {   # category values that are code names
     'switch_rate': 'switch rate', 'fluent_rate': 'fluent', 'stay_rate': 'stay rate',
     'ap': 'AP units', 'lape': 'LAPE units', 'random': 'random units', 'none': 'none (clean)',
     'retrieval': 'retrieval heads', 'transition': 'retrieval-transition heads',
+    'l0': 'active per token (mean L0)', 'dead_features': 'dead (never active)',
 }
 
 def term(name: str) -> Term:
@@ -205,6 +206,11 @@ def _wrap(text: str, inches: float, fontsize: float = FONT_SIZE) -> str:
         if lines and _text_width(lines[-1] + ' ' + word, fontsize) <= room: lines[-1] += ' ' + word
         else: lines.append(word)
     return '\n'.join(lines)
+
+def _axis_labels(ax, xlabel: str, ylabel: str):
+    "Axis labels wrapped to the length of their axis (as the axes is placed before the final layout)."
+    w, h = ax.get_position().width * ax.figure.get_size_inches()[0], ax.get_position().height * ax.figure.get_size_inches()[1]
+    ax.set_xlabel(_wrap(xlabel, max(w, 1.0))); ax.set_ylabel(_wrap(ylabel, max(h + 0.3, 1.2)))
 
 def caption(fig, text: str, fontsize: float | None = None):
     "Write `text` under the axes of `fig`, wrapped to its width; the figure grows by the caption's height (its width stays)."
@@ -298,8 +304,9 @@ def place_legend(ax, title: str | None = None, where: str = 'auto', # 'auto' (a 
             if not covers_data(ax, leg): return leg
         where = 'outside'
     if where == 'outside': return ax.legend(handles, labels, loc='upper left', bbox_to_anchor=(1.02, 1), **kw)
-    if where == 'below':
-        return ax.legend(handles, labels, loc='upper center', bbox_to_anchor=(0.5, -0.22), **kw)
+    if where == 'below':   # under the figure's panels (a figure legend: the layout and the caption make room for it)
+        if ax.get_legend(): ax.get_legend().remove()
+        return ax.figure.legend(handles, labels, loc='outside lower center', title=title, ncol=ncol, frameon=False)
     raise MultilingError(f"where must be 'auto', 'outside' or 'below', got {where!r}")
 
 def shared_legend(fig, ax=None, title: str | None = None, ncol: int | None = None):
@@ -475,7 +482,7 @@ def curves(df: pd.DataFrame, x: str, value: str, hue: str | None = None, # a cur
     _y_scale(ax, value, *(df[c] for c in lohi) if lohi else (None, None), values=df[value])
     if ylim is not None: ax.set_ylim(*ylim)
     _mark(ax, interval=bool(lohi))
-    ax.set_title(title); ax.set_xlabel(xlabel or label(x)); ax.set_ylabel(_wrap(ylabel or label(value), 2.0))
+    ax.set_title(title); _axis_labels(ax, xlabel or label(x), ylabel or label(value))
     if isinstance(n, str): n = df[n]
     if n is not None: note(ax, n_text(n, n_unit))
     if lohi: note(ax, f"{'bands' if err_style == 'band' else 'error bars'}: 95% intervals")
@@ -527,7 +534,7 @@ def bars(df: pd.DataFrame, x: str, value: str, hue: str | None = None, title: st
     ax.set_xlim(-0.6, len(xs) - 0.4)
     _y_scale(ax, value, *(df[c] for c in lohi) if lohi else (None, None), values=df[value])
     _mark(ax, interval=bool(lohi))
-    ax.set_title(title); ax.set_xlabel(label(x)); ax.set_ylabel(_wrap(ylabel or label(value), 2.0))
+    ax.set_title(title); _axis_labels(ax, label(x), ylabel or label(value))
     ax.grid(axis='x', visible=False)
     if isinstance(n, str): n = df[n]
     if n is not None: note(ax, n_text(n, n_unit))
@@ -564,7 +571,7 @@ def scatter_annotated(df: pd.DataFrame, x: str, y: str, label_col: str | None = 
     _y_scale(ax, y, *(df[c] for c in lohi) if lohi else (None, None), values=df[y])
     if kind(x) == 'rate': ax.set_xlim(0, rate_top(df[x]))
     _mark(ax, interval=bool(lohi))
-    ax.set_title(title); ax.set_xlabel(_wrap(label(x), 3.0)); ax.set_ylabel(_wrap(label(y), 2.0))
+    ax.set_title(title); _axis_labels(ax, label(x), label(y))
     if isinstance(n, str): n = df[n]
     if n is not None: note(ax, n_text(n, n_unit))
     if lohi: note(ax, 'error bars: 95% intervals')
