@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 import torch
 from .core import MultilingError, check_param
-from .models import LoadedModel, load_model, linear_shape
+from .models import Batch, LoadedModel, load_model, linear_shape, walk
 
 # %% auto 0
-__all__ = ['UnitForce', 'Steer', 'Intervention', 'ablate_heads', 'module_events', 'Batch', 'positions_from_mask', 'encode',
-           'forward', 'head_means', 'Generation', 'generate']
+__all__ = ['UnitForce', 'Steer', 'Intervention', 'ablate_heads', 'module_events', 'encode', 'forward', 'head_means', 'Generation',
+           'generate']
 
 # %% ../nbs/04_interventions.ipynb 5
 @dataclass(frozen=True)
@@ -76,47 +76,12 @@ def _full(model: LoadedModel, layer: int, rel: str) -> str:
     return f'{a.layers}.{layer}' + (f'.{rel}' if rel else '')
 
 # %% ../nbs/04_interventions.ipynb 10
-@dataclass
-class Batch:
-    input_ids: torch.Tensor       # [b, p], left-padded
-    attention_mask: torch.Tensor  # [b, p]
-    position_ids: torch.Tensor    # [b, p]
-
-    def __len__(self): return self.input_ids.shape[0]
-    def select(self, rows) -> 'Batch':
-        return Batch(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows])
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-def encode(model: LoadedModel, texts: Sequence[str], # prompts
-           add_bos: bool | None = None, # None: the tokenizer's default; True: make sure a BOS token leads; False: none
-           max_length: int | None = None, # keep only the last this many prompt tokens
-           suffix_ids: Sequence[Sequence[int]] | None = None, # per prompt, token ids appended after it (e.g. a continuation)
-          ) -> Batch:
-    "Tokenize `texts` (each followed by its `suffix_ids`) into a left-padded `Batch` on the model's device."
-    if isinstance(texts, str): texts = [texts]
-    tok = model.tokenizer
-    if not texts: raise MultilingError("no prompts to encode")
-    if suffix_ids is not None and len(suffix_ids) != len(texts):
-        raise MultilingError(f"got {len(suffix_ids)} suffixes for {len(texts)} prompts: give one list of token ids per prompt")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip(): raise MultilingError(f"prompt {i} is empty: every prompt needs text")
-    bos = tok.bos_token_id
-    if add_bos is None: add_bos = bos is not None and tok('a').input_ids[:1] == [bos]
-    rows = []
-    for t in texts:
-        ids = tok(t, add_special_tokens=False).input_ids
-        if add_bos:
-            if bos is None: raise MultilingError("add_bos=True but the tokenizer has no BOS token")
-            ids = [bos] + ids
-        if max_length: ids = ids[-max_length:]
-        if suffix_ids is not None: ids = ids + [int(t) for t in suffix_ids[len(rows)]]
-        rows.append(ids)
-    width = max(map(len, rows)); pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
-    return Batch(input_ids, mask, positions_from_mask(mask))
+def encode(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model`)
+           texts: Sequence[str], # prompts
+           add_bos: bool | None = None, # see `LoadedModel.encode`
+           max_length: int | None = None, suffix_ids: Sequence[Sequence[int]] | None = None) -> Batch:
+    "Transitional name (issue 19): `model.encode(texts, ...)`, kept while `multiling.lens` imports it."
+    return load_model(model).encode(texts, add_bos=add_bos, max_length=max_length, suffix_ids=suffix_ids)
 
 # %% ../nbs/04_interventions.ipynb 12
 def _rows(interventions, n: int) -> list[Intervention]:
@@ -200,7 +165,7 @@ def _run_trace(model: LoadedModel, batch: Batch, actions: list[tuple], past_key_
     with torch.inference_mode(False), torch.no_grad():
         with nn.trace(batch.input_ids, **kw):
             for _, kind, name, payload in sorted(actions, key=lambda x: x[0]):
-                env = _walk_env(nn, name)
+                env = walk(nn, name)
                 if kind == 'heads':
                     keep, fill = payload
                     x = env.input; b, p, _ = x.shape
@@ -223,11 +188,6 @@ def _run_trace(model: LoadedModel, batch: Batch, actions: list[tuple], past_key_
             out = nn.output.save()
     return out, saved
 
-def _walk_env(root, name: str):
-    obj = root
-    for part in name.split('.'): obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj
-
 # %% ../nbs/04_interventions.ipynb 16
 def forward(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model`)
             inputs: Batch | Sequence[str], # a `Batch` or prompts
@@ -240,7 +200,7 @@ def forward(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model
            ) -> dict:
     "Run the model once with per-row interventions; return `logits` and the saved activations."
     model = load_model(model)
-    batch = inputs if isinstance(inputs, Batch) else encode(model, inputs, add_bos=add_bos)
+    batch = inputs if isinstance(inputs, Batch) else model.encode(inputs, add_bos=add_bos)
     layers = list(range(model.adapter.n_layers)) if layers is None else [int(l) for l in layers]
     for l in layers: model.adapter.check_layer(l)
     rows = _rows(interventions, len(batch))
@@ -316,7 +276,7 @@ def generate(model: LoadedModel | str, # a LoadedModel or a spec
              interventions=None, # None, one `Intervention` for all, or one per prompt
              max_new_tokens: int = 20, # tokens generated at most per row (a prefix counts)
              batch_size: int = 32, # rows per forward pass
-             add_bos: bool | None = None, # see `encode`
+             add_bos: bool | None = None, # see `LoadedModel.encode`
              stop: Callable[[list[str]], list[bool]] | None = None, # given decoded continuations so far, True = that row is done
              stop_every: int = 4, # ask `stop` when a row has generated a multiple of this many tokens
              stop_at_eos: bool = True,
@@ -350,7 +310,7 @@ def generate(model: LoadedModel | str, # a LoadedModel or a spec
     order = sorted(todo, key=lambda i: len(tok(prompts[i], add_special_tokens=False).input_ids) + len(results[i]))
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in tqdm(chunks, disable=not progress, desc='generate'):
-        batch = encode(model, [prompts[i] for i in chunk], add_bos=add_bos,
+        batch = model.encode([prompts[i] for i in chunk], add_bos=add_bos,
                        suffix_ids=[results[i] for i in chunk] if prefix_ids is not None else None)
         actions = _plan(model, [rows[i] for i in chunk])
         active = torch.arange(len(chunk), device=model.device)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np, pandas as pd
-from .core import (MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languages, check_param, atomic_path, checkpoint_dir)
+from .core import MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languages, check_param
 from . import stats
 from .params import NotebookParams, param
 
@@ -126,14 +126,14 @@ def first_divergence(model, # a LoadedModel
                     ) -> list[tuple[int, int] | None]:
     "Per row, teacher-forced on the clean continuation: (k, token) where the argmax under the intervention first differs from it, or None."
     import torch
-    from multiling.interventions import encode, forward
+    from multiling.interventions import forward
     eos = model.tokenizer.eos_token_id
     targets = [ids + [eos] if e else list(ids) for ids, e in zip(clean_ids, clean_eos)]  # what each position must predict
     out = [None] * len(prompts)
     order = sorted((r for r in range(len(prompts)) if targets[r]), key=lambda r: len(prompts[r]) + len(targets[r]))
     for i in range(0, len(order), batch_size):
         chunk = order[i:i + batch_size]
-        batch = encode(model, [prompts[r] for r in chunk], suffix_ids=[targets[r][:-1] for r in chunk])
+        batch = model.encode([prompts[r] for r in chunk], suffix_ids=[targets[r][:-1] for r in chunk])
         width = max(len(targets[r]) for r in chunk)   # rows are right-aligned: their predictions are the last positions
         with torch.no_grad():
             pred = forward(model, batch, [interventions[r] for r in chunk], last=width)['logits'].argmax(-1).tolist()
@@ -182,6 +182,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     from tqdm.auto import tqdm
     from multiling.models import load_model
     from multiling.interventions import Intervention, ablate_heads
+    from multiling.shard import checkpoints, sweep_key
     languages = parse_languages(languages)
     if method not in METHODS: raise MultilingError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     max_new_tokens = check_param('max_new_tokens', max_new_tokens, int, min_value=1)
@@ -192,22 +193,11 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     a = model.adapter
     heads = parse_heads(heads, a.n_layers, a.n_heads)
     detect = detect or _detector(languages)
-    ckpt = Path(out_dir) if out_dir is not None else None
-    if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        key = dict(model=model.name, weights=model.weights_hash, languages=languages, n_prompts=len(rows), max_new_tokens=max_new_tokens, decide_chars=decide_chars,
-                   prompts=pd.util.hash_pandas_object(rows, index=False).sum().item())
-        checkpoint_dir(ckpt, key, resume)
+    key = sweep_key(model, languages=languages, n_prompts=len(rows), max_new_tokens=max_new_tokens,
+                    decide_chars=decide_chars, prompts=pd.util.hash_pandas_object(rows, index=False).sum().item())
+    ckpt = checkpoints(out_dir, key, resume, what='LIHA sweep')
+    shard = lambda name, fn: ckpt.piece(name, fn, on_write=on_shard)
     texts = rows['prompt'].tolist()
-
-    def shard(name, fn):
-        path = ckpt / f'shard_{name}.parquet' if ckpt is not None else None
-        if path is not None and resume and path.exists(): return pd.read_parquet(path)
-        df = fn()
-        if path is not None:
-            with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
-        if on_shard is not None: on_shard(name)
-        return df
 
     clean_memo = []
     def clean_generation():   # token ids too: the shortcut teacher-forces them (run again if the clean shard was resumed)
@@ -255,15 +245,15 @@ def broadcasters(model, # a LoadedModel
                  batch_size: int = 16) -> pd.DataFrame:
     "Per head: mean attention from the generated positions to the first prompt token (prompt + clean continuation)."
     import torch
-    from multiling.interventions import encode, forward
+    from multiling.interventions import forward
     pairs = gens.drop_duplicates(['lang', 'prompt_id'])[['lang', 'prompt_id', 'prompt', 'clean_text']]
     pairs = pairs[pairs['clean_text'].str.len() > 0]
     a = model.adapter; tot = torch.zeros(a.n_layers, a.n_heads, dtype=torch.float64); cnt = 0
     for i in range(0, len(pairs), batch_size):
         chunk = pairs.iloc[i:i + batch_size]
         full = (chunk['prompt'] + chunk['clean_text']).tolist()
-        plen = encode(model, chunk['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
-        batch = encode(model, full, add_bos=add_bos)
+        plen = model.encode(chunk['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
+        batch = model.encode(full, add_bos=add_bos)
         with torch.no_grad(): att = forward(model, batch, attentions=True)['attentions']  # [L, b, H, q, k]
         mask = batch.attention_mask; width = mask.shape[1]; first = width - mask.sum(1)
         for j in range(len(chunk)):
@@ -373,44 +363,40 @@ def language_directions(model, # a LoadedModel
     return {l: (c.to(W.device) @ W).float() for l, c in language_token_weights(model, texts).items()}
 
 # %% ../nbs/08_liha.ipynb 24
-def norm_affine(mod, # a LayerNorm or RMSNorm-like module
+def norm_affine(model, # a LoadedModel
+                mod, # one of its LayerNorm or RMSNorm modules
                ) -> dict:
-    "A norm as gamma * P(x) / scale(x) + beta: gamma, beta, eps, and `center` (P centres for LayerNorm, identity for RMSNorm)."
+    "The norm as gamma * P(x) / scale(x) + beta (`Adapter.norm_affine`) in float64: gamma, beta, eps, `center`."
     import torch
-    if isinstance(mod, torch.nn.LayerNorm):
-        gamma = mod.weight.detach().double() if mod.weight is not None else torch.ones(mod.normalized_shape, dtype=torch.float64)
-        beta = mod.bias.detach().double() if mod.bias is not None else torch.zeros_like(gamma)
-        return dict(gamma=gamma, beta=beta, eps=mod.eps, center=True)
-    eps = getattr(mod, 'variance_epsilon', getattr(mod, 'eps', None))
-    if getattr(mod, 'weight', None) is None or eps is None:
-        raise MultilingError(f"norm {type(mod).__name__} is neither LayerNorm nor RMSNorm-like: extend liha.norm_affine")
-    gamma = mod.weight.detach().double() + (1.0 if type(mod).__name__.startswith('Gemma') else 0.0)  # Gemma scales by 1 + weight
-    return dict(gamma=gamma, beta=torch.zeros_like(gamma), eps=eps, center=False)
+    n = model.adapter.norm_affine(mod)
+    gamma = n.gain.detach().double()
+    beta = n.bias.detach().double() if n.bias is not None else torch.zeros_like(gamma)
+    return dict(gamma=gamma, beta=beta, eps=n.eps, center=n.center)
 
-def norm_scale(mod, # a LayerNorm or RMSNorm-like module
+def norm_scale(model, # a LoadedModel
+               mod, # one of its LayerNorm or RMSNorm modules
                x, # [..., d] its input
               ) -> 'torch.Tensor':
-    "The norm's scale (std or RMS, with eps) at `x`; checks that gamma * P(x) / scale + beta is the module's output."
+    "The norm's scale (std or RMS, with eps) at `x` in float64; checks that the affine map at that scale is the module."
     import torch
-    n = norm_affine(mod); r = x.double()
-    xc = r - r.mean(-1, keepdim=True) if n['center'] else r
-    scale = (xc.pow(2).mean(-1) + n['eps']).sqrt()
+    n = model.adapter.norm_affine(mod)
+    r = x.double()
+    scale = n.scale(r)
     with torch.no_grad(): ref = mod(x).double()
-    g, b = n['gamma'].to(ref.device), n['beta'].to(ref.device)
-    if not torch.allclose(g * xc / scale[..., None] + b, ref, atol=1e-3 * (1 + ref.abs().max().item())):
-        raise MultilingError(f"norm {type(mod).__name__} is not the LayerNorm/RMSNorm that liha.norm_affine assumes")
-    return scale
+    if not torch.allclose(n.apply(r, scale), ref, atol=1e-3 * (1 + ref.abs().max().item())):
+        raise MultilingError(f"norm {type(mod).__name__} is not the LayerNorm/RMSNorm that Adapter.norm_affine assumes")
+    return scale[..., 0]
 
 def final_norm_linear(model, # a LoadedModel
                      ) -> dict:
     "`norm_affine` of the model's final norm."
-    return norm_affine(model.adapter.get(model.hf, model.adapter.final_norm))
+    return norm_affine(model, model.adapter.get(model.hf, model.adapter.final_norm))
 
 def final_norm_scale(model, # a LoadedModel
                      resid, # [..., d_model] residual stream entering the final norm (the clean run's)
                     ) -> 'torch.Tensor':
     "The final norm's scale at `resid` (`norm_scale`)."
-    return norm_scale(model.adapter.get(model.hf, model.adapter.final_norm), resid)
+    return norm_scale(model, model.adapter.get(model.hf, model.adapter.final_norm), resid)
 
 def attn_norm_scale(model, # a LoadedModel
                     attn_out, # [n_layers, b, p, d_model] attention outputs (o_proj outputs, `forward(save=['attn_out'])`)
@@ -419,7 +405,8 @@ def attn_norm_scale(model, # a LoadedModel
     import torch
     path = model.adapter.attn_out_norm
     if path is None: return None
-    return torch.stack([norm_scale(model.adapter.get(model.hf, path, l), attn_out[l]) for l in range(model.adapter.n_layers)])
+    a = model.adapter
+    return torch.stack([norm_scale(model, a.get(model.hf, path, l), attn_out[l]) for l in range(a.n_layers)])
 
 def readout(model, # a LoadedModel
             direction, # [d_model] or [b, d_model]: direction(s) in the final norm's output space (`language_directions`)
@@ -454,7 +441,8 @@ def head_dla(model, # a LoadedModel
     for l in range(a.n_layers):
         wl = w.double()
         if post is not None:  # a head's share of the normalised attention output: gamma * P(z_h W_h) / scale_l
-            n = norm_affine(a.get(model.hf, post, l)); wl = wl * n['gamma'].to(wl.device)
+            n = norm_affine(model, a.get(model.hf, post, l))
+            wl = wl * n['gamma'].to(wl.device)
             if n['center']: wl = wl - wl.mean(-1, keepdim=True)
         v = torch.einsum('hkd,bd->bhk', o_proj_heads(model, l).double(), wl)  # each head's read-out in its own space
         d = torch.einsum('bphk,bhk->bph', heads[l].double(), v)
@@ -494,8 +482,7 @@ def _comp_rows(prompts, languages, continuations, column='clean_text'):
 def _position_weights(model, rows, batch, add_bos):
     "[b, p]: 1/n on the positions read (those predicting continuation tokens; the last prompt position without one)."
     import torch
-    from multiling.interventions import encode
-    plen = encode(model, rows['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
+    plen = model.encode(rows['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
     width = batch.attention_mask.shape[1]
     first = width - batch.attention_mask.sum(1)
     pw = torch.zeros(len(rows), width, dtype=torch.float64, device=batch.input_ids.device)
@@ -534,7 +521,7 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
                       heads=None, # heads to ablate, one at a time: 'L:H,...' or list of (L, H)
                       directions: dict | None = None, # {language: [d_model] direction} (`language_directions`); None: from the prompts
                       continuations: pd.DataFrame | None = None, # prompt_id, lang, clean_text (the sweep's generations); None: last prompt position
-                      add_bos: bool | None = None, # see `interventions.encode`
+                      add_bos: bool | None = None, # see `LoadedModel.encode`
                       batch_size: int = 64, # rows per forward pass
                       progress: bool = False, # tqdm bar over batches
                      ) -> CompensationRuns:
@@ -542,7 +529,7 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
     import torch
     from tqdm.auto import tqdm
     from multiling.models import load_model
-    from multiling.interventions import encode, ablate_heads, Intervention
+    from multiling.interventions import ablate_heads, Intervention
     languages = parse_languages(languages)
     batch_size = check_param('batch_size', batch_size, int, min_value=1)
     rows = _comp_rows(prompts, languages, continuations)
@@ -556,7 +543,7 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
     with torch.no_grad():
         for i in tqdm(range(0, len(rows), batch_size), disable=not progress, desc='compensation'):
             chunk = rows.iloc[i:i + batch_size]
-            batch = encode(model, chunk['text'].tolist(), add_bos=add_bos)
+            batch = model.encode(chunk['text'].tolist(), add_bos=add_bos)
             pw, first = _position_weights(model, chunk, batch, add_bos)
             w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
             dla, ft, scale = _head_metrics(model, batch, pw, first, w, None, Intervention())
@@ -605,7 +592,7 @@ def compensation(model, # a LoadedModel (or spec for `models.load_model`)
                  directions: dict | None = None, # {language: [d_model] direction}; None: from the prompts
                  continuations: pd.DataFrame | None = None, # prompt_id, lang, clean_text; None: last prompt position
                  test: str = 'wilcoxon', # paired test across rows: 'wilcoxon', 'ttest' or 'permutation'
-                 add_bos: bool | None = None, # see `interventions.encode`
+                 add_bos: bool | None = None, # see `LoadedModel.encode`
                  batch_size: int = 64, # rows per forward pass
                  progress: bool = False, # tqdm bar over batches
                 ) -> pd.DataFrame:
@@ -686,11 +673,10 @@ def compensation_specificity(runs: CompensationRuns, # from `compensation_runs`,
 def _layer_dla(model, rows, directions, iv, add_bos, batch_size):
     "[n_rows, n_layers]: per row, each layer's heads' write onto the read-out of the language direction (no final-norm division)."
     import torch
-    from multiling.interventions import encode
     out = []
     for i in range(0, len(rows), batch_size):
         chunk = rows.iloc[i:i + batch_size]
-        batch = encode(model, chunk['text'].tolist(), add_bos=add_bos)
+        batch = model.encode(chunk['text'].tolist(), add_bos=add_bos)
         pw, first = _position_weights(model, chunk, batch, add_bos)
         w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
         # a unit final-norm scale: a layer's number moves only when what it writes moves, not when the norm does
@@ -703,7 +689,7 @@ def generation_layer_change(model, # a LoadedModel (or spec for `models.load_mod
                             gens: pd.DataFrame, # the sweep's generations (`liha_generations`): clean and ablated texts
                             heads, # ablated heads to read: 'L:H,...' or list of (L, H) (rows of `gens`)
                             directions: dict, # {language: [d_model] direction} (`language_directions`)
-                            add_bos: bool | None = None, # see `interventions.encode`
+                            add_bos: bool | None = None, # see `LoadedModel.encode`
                             batch_size: int = 64, # rows per forward pass
                             n_boot: int = 1000, seed: int = 0,
                             progress: bool = False, # tqdm bar over heads

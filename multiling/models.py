@@ -13,9 +13,9 @@ from .core import MultilingError, MODELS_DIR, tensor_hash, atomic_path, check_pa
 
 # %% auto 0
 __all__ = ['MODEL_TYPES', 'TINY_TEXTS', 'TINY_FAMILIES', 'DEFAULT_CONTEXT', 'OFFLINE_PRETRAINED', 'ORGANISM_PATTERN', 'Adapter',
-           'linear_shape', 'walk', 'adapter_for', 'tiny_tokenizer', 'tiny_hf_model', 'Batch', 'positions_from_mask',
-           'LoadedModel', 'wrap_model', 'tiny_model', 'next_token_logprobs', 'offline_names', 'prepare_offline_model',
-           'resolve_dtype', 'resolve_device', 'model_path', 'load_model']
+           'NormAffine', 'linear_shape', 'walk', 'adapter_for', 'tiny_tokenizer', 'tiny_hf_model', 'Batch',
+           'positions_from_mask', 'LoadedModel', 'wrap_model', 'tiny_model', 'next_token_logprobs', 'offline_names',
+           'prepare_offline_model', 'resolve_dtype', 'resolve_device', 'model_path', 'load_model']
 
 # %% ../nbs/01_models.ipynb 4
 @dataclass(frozen=True)
@@ -68,6 +68,34 @@ class Adapter:
             raise MultilingError(f"{type(mod).__name__} is neither a LayerNorm nor an RMSNorm with a weight: "
                                  "teach multiling.models.Adapter.norm_gain this norm")
         return w + self.norm_offset if self.norm_offset else w
+    def norm_affine(self, mod: torch.nn.Module) -> 'NormAffine':
+        "A norm module as `gain * P(x) / scale(x) + bias` (P centres for a LayerNorm; an RMSNorm does not centre)."
+        eps = getattr(mod, 'eps', getattr(mod, 'variance_epsilon', None))
+        if eps is None: raise MultilingError(f"{type(mod).__name__} names no eps: teach multiling.models.Adapter.norm_affine this norm")
+        center = isinstance(mod, torch.nn.LayerNorm)
+        return NormAffine(self.norm_gain(mod), getattr(mod, 'bias', None) if center else None, float(eps), center)
+
+@dataclass(frozen=True)
+class NormAffine:
+    "A LayerNorm or RMSNorm as an affine map of its input once its scale (std or RMS) is known."
+    gain: torch.Tensor           # what the normalised input is multiplied by (`Adapter.norm_gain`)
+    bias: torch.Tensor | None    # added after (a LayerNorm's bias), or None
+    eps: float
+    center: bool                 # subtract the mean first (LayerNorm) or not (RMSNorm)
+
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(-1, keepdim=True) if self.center else x
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        "[..., 1] the std (LayerNorm) or RMS (RMSNorm) of `x` over its last dimension, with eps, in float32 or wider."
+        xc = self.centred(x)
+        xc = xc if xc.dtype == torch.float64 else xc.float()
+        return xc.pow(2).mean(-1, keepdim=True).add(self.eps).sqrt()
+    def apply(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        "The norm's output at `x` divided by `scale` (this input's own, or one held fixed), in `x`'s dtype."
+        xc = self.centred(x)
+        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+        y = xc.to(wide) / scale * self.gain.to(wide)
+        return (y + self.bias.to(wide) if self.bias is not None else y).to(x.dtype)
 
 def linear_shape(module) -> tuple[int, int]:
     "(in_features, out_features) of a Linear or of GPT-2's transposed `Conv1D`."
@@ -185,16 +213,11 @@ class Batch:
 
     def __len__(self): return self.input_ids.shape[0]
     def select(self, rows) -> 'Batch':
-        return type(self)(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows])
+        return Batch(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows])
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     "Position ids of a left-padded batch: 0 at each row's first real token (padding gets 0 too)."
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-def _batch_class():
-    "The `Batch` class `interventions.forward` accepts: this one once `interventions` imports it from here (issue 19)."
-    from multiling import interventions
-    return getattr(interventions, 'Batch', Batch)
 
 @dataclass
 class LoadedModel:
@@ -258,7 +281,7 @@ class LoadedModel:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        return _batch_class()(input_ids, mask, positions_from_mask(mask))
+        return Batch(input_ids, mask, positions_from_mask(mask))
     def _token_rows(self, texts, ids) -> list[list[int]]:
         if (texts is None) == (ids is None): raise MultilingError("encode needs texts or token ids (`ids`), one of the two")
         if texts is not None:

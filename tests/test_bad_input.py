@@ -9,7 +9,7 @@ import pytest
 import torch
 from multiling.core import MultilingError, check_param, parse_languages
 from multiling.models import load_model, resolve_device, resolve_dtype, tiny_hf_model, tiny_model
-from multiling.interventions import Intervention, Steer, UnitForce, ablate_heads, encode, forward, generate
+from multiling.interventions import Intervention, Steer, UnitForce, ablate_heads, forward, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -144,11 +144,11 @@ def test_non_boolean_parameter(out):
 # ---------------------------------------------------------------- prompts and interventions
 
 def test_empty_prompt_in_encode(out, tiny):
-    raises(lambda: encode(tiny, ['A fine prompt', '   ']), 'prompt 1', 'empty')
+    raises(lambda: tiny.encode(['A fine prompt', '   ']), 'prompt 1', 'empty')
 
 
 def test_no_prompts(out, tiny):
-    raises(lambda: encode(tiny, []), 'no prompts')
+    raises(lambda: tiny.encode([]), 'no prompts')
 
 
 def test_layer_out_of_range(out, tiny):
