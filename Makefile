@@ -56,9 +56,11 @@ models: data data/models/gemma-3-270m/config.json
 # (multiling.provenance.paper_cli). The default run of an experiment notebook is written back over nbs/ with its
 # outputs (nbdev_clean keeps them): the committed notebooks are the paper a reader opens.
 #
-# Expected minutes of each run on a 2-core CPU (~150 GFLOP/s in an fp32 matmul), the organisms already trained. They
-# come from the last default runs; `make paper` prints each before the run starts and "done in N min" after it:
-# update them from there.
+# Expected minutes of each run on a 2-core CPU (~150 GFLOP/s in an fp32 matmul), the organisms already trained:
+# 24 (16 on gemma-3-270m, 6 on the organism) and 26 (12) as their notebooks state them, the others estimates until the
+# next default run. `make paper` prints each before the run starts and "done in N min" after it (also in
+# data/runs/<run>.done): replace the estimates with those. The smoke run (SIZE=tiny) measured 8.5 min for all ten runs,
+# plus about 17 min to train the tiny organisms once (2 shared cores, OMP_NUM_THREADS=1).
 MIN_07_organisms := 15
 MIN_27_organism_quality := 15
 MIN_20_liha := 40

@@ -417,16 +417,21 @@ def paper_cli(argv: list[str] | None = None):
             r = runs[0]
             run_notebook(r.notebook, r.files['ipynb'], r.params, r.write_back, r.name, r.minutes, r.files['done'])
             return
-        todo = 0.0
+        due = []
         for r in runs:
+            first = not r.files['sig'].exists()
             watched = sorted(p for pattern in r.watch for p in REPO_ROOT.glob(pattern))
             changed = update_signature(r.files['sig'], run_signature(r.notebook, r.params, watched))
             done = r.files['done']
-            due = changed or not done.exists() or done.stat().st_mtime < r.files['sig'].stat().st_mtime
-            why = (f"changed: {', '.join(changed)}" if changed else 'not run yet') if due else 'up to date'
-            todo += float(r.minutes) if due and r.minutes.replace('.', '', 1).isdigit() else 0
+            if first or not done.exists(): why = 'not run yet'
+            elif changed: why = f"changed: {', '.join(changed)}"
+            elif done.stat().st_mtime < r.files['sig'].stat().st_mtime: why = 'its last run failed or was stopped'
+            else: why = 'up to date'
+            if why != 'up to date': due.append(r)
             print(f"   {r.name:32} ~{r.minutes:>4} min  {why}" + (f"  ({param_text(r.params)})" if r.params else ''))
-        print(f"   expected: ~{todo:.0f} min on a 2-core CPU for the runs to make", flush=True)
+        known = [float(r.minutes) for r in due if r.minutes.replace('.', '', 1).isdigit()]
+        print(f"   {len(due)} run(s) to make, expected ~{sum(known):.0f} min on a 2-core CPU"
+              + (f" ({len(due) - len(known)} without an estimate)" if len(known) < len(due) else ''), flush=True)
     except MultilingError as e:
         print(f"paper_cli: error: {e}", file=sys.stderr); sys.exit(1)
 
