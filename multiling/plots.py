@@ -245,7 +245,7 @@ def finish(fig, text: str = ''):
     for s in dict.fromkeys(s for _, ns in per_ax for s in ns):   # each note once; an n that not every panel shares, with its panels
         titles = [t for t, ns in per_ax if s in ns]
         own = s.startswith('n = ') and len(titles) < len(per_ax) and all(titles)
-        notes.append(f"{' and '.join(titles)}: {s}" if own else s)
+        notes.append(f"{' / '.join(titles)}: {s}" if own else s)
     body = ' '.join(s if s.endswith('.') else s + '.' for s in [*notes, text] if s)
     caption(fig, body)
     for ax in fig.axes:   # the final layout moved the data under a corner legend: choose its place again
@@ -348,6 +348,10 @@ def check_figure(fig, max_width: float = PAGE_WIDTH) -> list[str]:
     for (i, a), (j, b) in itertools.combinations(labels, 2):
         if i != j and a.overlaps(b): problems.append(f'labels of two panels overlap ({fig.axes[i].get_title()!r}, {fig.axes[j].get_title()!r})')
     for ax in fig.axes:
+        if not (ax.get_visible() and ax.axison): continue
+        ticks = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_visible() and t.get_text() and not t.get_rotation()]
+        if any(a.overlaps(b) for a, b in zip(ticks, ticks[1:])): problems.append(f'x tick labels overlap in {ax.get_title()!r}')
+    for ax in fig.axes:
         flags = ax.__dict__.get('_multiling', {})
         if ax.get_legend() and covers_data(ax): problems.append(f'legend covers data in {ax.get_title()!r}')
         if flags.get('rate_y') and ax.get_ylim()[0] != 0:
@@ -433,14 +437,20 @@ def palette(levels) -> dict:
     return dict(zip(levels, sns.color_palette('colorblind', n_colors=max(len(levels), 1))))
 
 def _y_scale(ax, value: str, low=None, high=None, values=None):
-    "Anchor the y axis: a rate from 0 to its rate top, a signed value symmetric around 0."
+    """Anchor the y axis: a rate from 0 to its rate top, a signed value symmetric around 0. Axes that share y (panels
+    drawn one after the other) get the widest range any of them needs, so no panel's data is cut."""
     k = kind(value)
+    siblings = ax.get_shared_y_axes().get_siblings(ax)
+    need = lambda key: [a.__dict__.get('_multiling', {}).get(key, 0.0) for a in siblings]
     if k == 'rate':
-        ax.set_ylim(0, rate_top(np.concatenate([np.ravel(x) for x in (values, high) if x is not None])))
+        top = rate_top(np.concatenate([np.ravel(x) for x in (values, high) if x is not None]))
+        _mark(ax, y_top=top)
+        ax.set_ylim(0, max(need('y_top')))
     elif k == 'signed':
         v = np.concatenate([np.ravel(x) for x in (values, low, high) if x is not None]).astype(float)
-        lim = float(np.nanmax(np.abs(v))) * 1.08 if np.isfinite(v).any() else 1.0
-        ax.set_ylim(-(lim or 1.0), lim or 1.0); ax.axhline(0, color='0.3', lw=0.6, gid='background')
+        lim = (float(np.nanmax(np.abs(v))) * 1.08 if np.isfinite(v).any() else 1.0) or 1.0
+        _mark(ax, y_lim=lim)
+        lim = max(need('y_lim')); ax.set_ylim(-lim, lim); ax.axhline(0, color='0.3', lw=0.6, gid='background')
     _mark(ax, rate_y=k == 'rate')
 
 def curves(df: pd.DataFrame, x: str, value: str, hue: str | None = None, # a curve per level of `hue`
@@ -570,6 +580,7 @@ def scatter_annotated(df: pd.DataFrame, x: str, y: str, label_col: str | None = 
     if logx: ax.set_xscale('symlog', linthresh=1e-3)
     _y_scale(ax, y, *(df[c] for c in lohi) if lohi else (None, None), values=df[y])
     if kind(x) == 'rate': ax.set_xlim(0, rate_top(df[x]))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
     _mark(ax, interval=bool(lohi))
     ax.set_title(title); _axis_labels(ax, label(x), label(y))
     if isinstance(n, str): n = df[n]
@@ -593,10 +604,12 @@ def facets(df: pd.DataFrame, by: str, plot, # a function above (`bars`, `curves`
         plot(df[df[by] == lev], ax=ax, title=value_label(lev), **extra, **kw)
     for ax in axes.ravel()[len(levels):]: ax.set_axis_off()
     shown = [ax for ax in axes.ravel()[:len(levels)]]
-    if nrows > 1:   # one label per figure side: a label per row would not fit a row's height
-        ylab, xlab = shown[0].get_ylabel().replace('\n', ' '), shown[0].get_xlabel()
-        for ax in shown: ax.set_ylabel(''); ax.set_xlabel('')
-        fig.supylabel(_wrap(ylab, 0.8 * fig.get_size_inches()[1]), fontsize=FONT_SIZE); fig.supxlabel(xlab, fontsize=FONT_SIZE)
+    if nrows > 1:   # one y label for the figure (a label per row would not fit a row's height), x labels on the lowest panels
+        ylab = shown[0].get_ylabel().replace('\n', ' ')
+        for ax in shown: ax.set_ylabel('')
+        for i, ax in enumerate(shown):
+            if i + ncols < len(shown): ax.set_xlabel('')
+        fig.supylabel(_wrap(ylab, 0.8 * fig.get_size_inches()[1]), fontsize=FONT_SIZE)
     else:
         for ax in shown[1:]:
             if sharey: ax.set_ylabel('')
