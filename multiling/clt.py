@@ -4,8 +4,7 @@
 
 # %% ../nbs/14_clt.ipynb 3
 from __future__ import annotations
-import copy, json, math, sys
-from contextlib import contextmanager
+import copy, json, math
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from .core import MultilingError, atomic_path, write_json, set_seed
 from .models import Batch, LoadedModel, next_token_logprobs
-from .interventions import forward
+from .interventions import Edit, FREEZE, forward
 
 # %% auto 0
 __all__ = ['Activations', 'real_token_mask', 'collect_activations', 'wide_to_texts', 'JumpReLU', 'CLTConfig', 'CLT', 'fit_scales',
@@ -343,70 +342,19 @@ def clt_metrics(clt: CLT, acts: Activations, batch_size: int = 2048) -> pd.DataF
                              n_features=clt.cfg.n_features, n_tokens=n))
 
 # %% ../nbs/14_clt.ipynb 26
-def _norm_modules(model: LoadedModel) -> list[torch.nn.Module]:
-    return [m for m in model.hf.modules() if isinstance(m, torch.nn.LayerNorm) or 'RMSNorm' in type(m).__name__]
-
-def _frozen_norm(mod, x, gain, scale, dtype):
-    "The norm's output with its scale (std or RMS) replaced by `scale` (a constant); `gain` from `Adapter.norm_gain`."
-    if isinstance(mod, torch.nn.LayerNorm):
-        y = (x - x.mean(-1, keepdim=True)) / scale * gain
-        return y + mod.bias if mod.bias is not None else y
-    return (x.float() / scale * gain.float()).to(dtype)
-
-def _norm_scale(mod, x):
-    if isinstance(mod, torch.nn.LayerNorm):
-        return (x - x.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True).add(mod.eps).sqrt().detach()
-    eps = getattr(mod, 'eps', getattr(mod, 'variance_epsilon', 1e-6))
-    return x.float().pow(2).mean(-1, keepdim=True).add(eps).sqrt().detach()
-
 def replacement_forward(model: LoadedModel, # the model
                         batch: Batch, # a left-padded batch (`LoadedModel.encode`)
-                        edits: dict | None = None, # {(path relative to a block, layer): fn(output) -> output or None}
-                        freeze: bool = False, # attention patterns and norm scales held constant
+                        edits: dict | None = None, # {(site, layer): fn(value) -> replacement or None}, sites as in
+                                                   # `interventions.Edit` (layer None: 'embed', 'final_norm')
+                        freeze: bool = False, # attention patterns and norm scales held
                         record: dict | None = None, # with `freeze`: filled by the first call, replayed by later ones
-                        inputs_embeds: torch.Tensor | None = None, # run from these embeddings instead of the ids
+                        grad: bool = False, # autograd on (the attribution graph's gradients)
                         attentions: bool = False, # also return the attention patterns
-                       ):
-    "The Hugging Face output of one forward pass with `edits` at named modules, frozen when asked (see above)."
-    a, handles, patched, calls = model.adapter, [], [], {}
-    def key(mod):   # the n-th call of a module in this forward pass
-        calls[id(mod)] = calls.get(id(mod), -1) + 1
-        return (id(mod), calls[id(mod)])
-    impl = getattr(model.hf.config, '_attn_implementation', 'eager')
-    if freeze and impl not in (None, 'eager'):
-        raise MultilingError(f"freezing attention needs eager attention (got {impl!r}): load the model with "
-                             "attn_implementation='eager'")
-    def frozen_attention(orig):
-        def attention(module, query, key_states, value, *args, **kw):
-            q, k = query.detach(), key_states.detach()
-            if record is not None: q, k = record.setdefault(('attn',) + key(module), (q, k))
-            return orig(module, q, k, value, *args, **kw)
-        return attention
-    def norm_hook(mod, inputs, output):
-        x = inputs[0]
-        s = _norm_scale(mod, x)
-        if record is not None: s = record.setdefault(('norm',) + key(mod), s)
-        return _frozen_norm(mod, x, a.norm_gain(mod), s, output.dtype)
-    def edit_hook(fn):
-        return lambda mod, inputs, output: fn(output)
-    try:
-        if freeze:
-            for mod in model.hf.modules():   # the attention functions of the model's own modules, swapped back below
-                ns = sys.modules.get(type(mod).__module__)
-                if ns is not None and hasattr(ns, 'eager_attention_forward') and ns not in [p[0] for p in patched]:
-                    patched.append((ns, ns.eager_attention_forward))
-                    ns.eager_attention_forward = frozen_attention(ns.eager_attention_forward)
-            handles += [m.register_forward_hook(norm_hook) for m in _norm_modules(model)]
-            handles.append(model.hf.register_forward_pre_hook(lambda *_: calls.clear()))
-        # registered after the frozen norms: a hook that reads a norm's output sees the frozen one
-        handles += [a.get(model.hf, site, layer).register_forward_hook(edit_hook(fn))
-                    for (site, layer), fn in (edits or {}).items()]
-        ids = dict(input_ids=batch.input_ids) if inputs_embeds is None else dict(inputs_embeds=inputs_embeds)
-        return model.hf(**ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False,
-                        output_attentions=attentions)
-    finally:
-        for h in handles: h.remove()
-        for ns, orig in patched: ns.eager_attention_forward = orig
+                       ) -> dict:
+    "`interventions.forward` of the replacement model: `edits` at named sites, frozen when asked (see above)."
+    edits = [Edit(site, fn, layer) for (site, layer), fn in (edits or {}).items()]
+    return forward(model, batch, edits=edits, freeze=FREEZE if freeze else (), record=record, grad=grad,
+                   attentions=attentions)
 
 # %% ../nbs/14_clt.ipynb 28
 def spliced_forward(model: LoadedModel, clt: CLT, batch: Batch,
@@ -423,9 +371,9 @@ def spliced_forward(model: LoadedModel, clt: CLT, batch: Batch,
         return f
     def write(t):
         return lambda out: clt.decode_layer([feats[s] for s in range(t + 1)], t).to(out.dtype)
-    edits = {(a.mlp_norm, t): read(t) for t in range(max(layers) + 1)}
-    edits.update({(a.mlp, t): write(t) for t in layers})
-    with torch.no_grad(): return replacement_forward(model, batch, edits).logits
+    edits = {('mlp_norm', t): read(t) for t in range(max(layers) + 1)}
+    edits.update({('mlp', t): write(t) for t in layers})
+    return replacement_forward(model, batch, edits)['logits']
 
 def next_token_loss(model: LoadedModel, texts: Sequence[str], # the model and texts to score
                     clt: CLT | None = None, # None: the clean model

@@ -45,20 +45,17 @@ class _ReplacementRun:
         "Forward pass of the replacement model; returns (logits [P, V], pre-activations list [L] of [P, F])."
         clt, a, pres = self.clt, self.model.adapter, {}
         def read(l):   # the (frozen) MLP input of layer l, as the features' pre-activations
-            def f(out): pres[l] = clt.pre(out[0].float(), l)
+            def f(x): pres[l] = clt.pre(x[0].float(), l)
             return f
         def write(l):   # the MLP output of layer l: the reconstruction from the leaves, plus the held error
-            def f(out):
-                rec = clt.decode_layer([leaves[s][None] for s in range(l + 1)], l) + self.error[l][None]
-                return rec.to(out[0].dtype if isinstance(out, tuple) else out.dtype)
+            def f(x): return (clt.decode_layer([leaves[s][None] for s in range(l + 1)], l) + self.error[l][None]).to(x.dtype)
             return f
         edits = {}
         for l in range(a.n_layers):
-            edits[(a.mlp_norm, l)] = read(l)
-            edits[(a.mlp, l)] = write(l)
-        with torch.enable_grad():
-            out = replacement_forward(self.model, self.batch, edits, freeze=True, record=self.record)
-        return out.logits[0], [pres[l] for l in range(a.n_layers)]
+            edits[('mlp_norm', l)] = read(l)
+            edits[('mlp', l)] = write(l)
+        out = replacement_forward(self.model, self.batch, edits, freeze=True, record=self.record, grad=True)
+        return out['logits'][0], [pres[l] for l in range(a.n_layers)]
 
 def _target_fn(target):
     if isinstance(target, (tuple, list)): return lambda lg: lg[target[0]] - lg[target[1]]

@@ -11,8 +11,8 @@ from .core import MultilingError, check_param
 from .models import Batch, LoadedModel, load_model, linear_shape, walk
 
 # %% auto 0
-__all__ = ['UnitForce', 'Steer', 'Intervention', 'ablate_heads', 'module_events', 'encode', 'forward', 'head_means', 'Generation',
-           'generate']
+__all__ = ['FREEZE', 'UnitForce', 'Steer', 'Intervention', 'ablate_heads', 'module_events', 'encode', 'Edit', 'forward',
+           'head_means', 'Generation', 'generate']
 
 # %% ../nbs/04_interventions.ipynb 5
 @dataclass(frozen=True)
@@ -51,9 +51,8 @@ def ablate_heads(*heads, values='zero', label=None) -> Intervention:
 
 # %% ../nbs/04_interventions.ipynb 8
 def module_events(model: LoadedModel) -> dict:
-    "{(module_name, 'in'|'out'): rank} in the order of a forward pass (cached on the model)."
-    cached = getattr(model, '_events', None)
-    if cached is not None: return cached
+    "{(module_name, 'in'|'out'): rank} in the order of a forward pass (recorded once, kept in `model.events`)."
+    if model.events is not None: return model.events
     events, handles = {}, []
     def rec(name, kind):
         def hook(*_):
@@ -68,12 +67,18 @@ def module_events(model: LoadedModel) -> dict:
             model.hf(input_ids=ids, attention_mask=torch.ones_like(ids))
     finally:
         for h in handles: h.remove()
-    model._events = events
+    model.events = events
     return events
 
 def _full(model: LoadedModel, layer: int, rel: str) -> str:
     a = model.adapter
     return f'{a.layers}.{layer}' + (f'.{rel}' if rel else '')
+
+def _rank(model: LoadedModel, name: str, at: str, what: str) -> int:
+    "When module `name` gets its input (`at='in'`) or gives its output in a forward pass; a clear error if it never does."
+    events = module_events(model)
+    if (name, at) not in events: raise MultilingError(f"{what}: the model has no module {name!r} (or it does not run)")
+    return events[(name, at)]
 
 # %% ../nbs/04_interventions.ipynb 10
 def encode(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model`)
@@ -88,107 +93,203 @@ def _rows(interventions, n: int) -> list[Intervention]:
     if interventions is None: return [Intervention()] * n
     if isinstance(interventions, Intervention): return [interventions] * n
     rows = [iv if iv is not None else Intervention() for iv in interventions]
-    if len(rows) != n: raise MultilingError(f"got {len(rows)} interventions for {n} prompts: give one per prompt, or one for all")
+    if len(rows) != n:
+        raise MultilingError(f"got {len(rows)} interventions for {n} prompts: give one per prompt, or one for all")
     return rows
+
+def _unit_width(model: LoadedModel, u: UnitForce) -> int:
+    "How many units the site of `u` has (checked to exist)."
+    a = model.adapter
+    a.check_layer(u.layer)
+    if u.site == 'mlp': return a.d_mlp
+    try: return linear_shape(a.get(model.hf, u.site, u.layer))[1]
+    except AttributeError:
+        raise MultilingError(f"unit site {u.site!r} does not exist in block {u.layer} of this {a.family} model") from None
 
 def _plan(model: LoadedModel, rows: list[Intervention]) -> list[tuple]:
     "Ordered actions [(rank, kind, module, payload)] that apply `rows` in one forward pass."
-    a, dev, dt, b = model.adapter, model.device, model.dtype, len(rows)
+    a, dev, dt = model.adapter, model.device, model.dtype
+    zeros = lambda *shape: torch.zeros(len(rows), *shape, device=dev, dtype=dt)
     heads, units, steer = {}, {}, {}
     for i, iv in enumerate(rows):
         for l, h in iv.heads:
             a.check_head(l, h)
-            keep, fill = heads.setdefault(l, (torch.ones(b, a.n_heads, device=dev, dtype=dt),
-                                              torch.zeros(b, a.n_heads, a.head_dim, device=dev, dtype=dt)))
+            keep, fill = heads.setdefault(l, (zeros(a.n_heads) + 1, zeros(a.n_heads, a.head_dim)))
             keep[i, h] = 0
             if not isinstance(iv.head_values, str): fill[i, h] = iv.head_values[l, h].to(dev, dt)
-            elif iv.head_values != 'zero': raise MultilingError(f"head_values must be 'zero' or a tensor of means, got {iv.head_values!r}")
+            elif iv.head_values != 'zero':
+                raise MultilingError(f"head_values must be 'zero' or a tensor of means, got {iv.head_values!r}")
         for u in iv.units:
-            a.check_layer(u.layer)
-            site = a.mlp_down if u.site == 'mlp' else u.site
-            try: mod = a.get(model.hf, site, u.layer)
-            except AttributeError: raise MultilingError(f"unit site {u.site!r} does not exist in block {u.layer} of this {a.family} model") from None
-            width = a.d_mlp if u.site == 'mlp' else linear_shape(mod)[1]
+            width = _unit_width(model, u)
             idx = torch.as_tensor(u.index, device=dev).long().reshape(-1)
             if len(idx) and (idx.min() < 0 or idx.max() >= width):
                 raise MultilingError(f"unit index out of range for site {u.site!r} of layer {u.layer}: valid 0..{width - 1}")
-            mask, val = units.setdefault((u.layer, u.site), (torch.zeros(b, width, device=dev, dtype=dt), torch.zeros(b, width, device=dev, dtype=dt)))
-            mask[i, idx] = 1; val[i, idx] = torch.as_tensor(u.value, device=dev, dtype=dt).expand(len(idx)) if torch.as_tensor(u.value).dim() == 0 else torch.as_tensor(u.value, device=dev, dtype=dt)
+            mask, val = units.setdefault((u.layer, u.site), (zeros(width), zeros(width)))
+            mask[i, idx] = 1
+            val[i, idx] = torch.as_tensor(u.value, device=dev, dtype=dt).expand(len(idx))   # one value, or one per unit
         for s in iv.steer:
             a.check_layer(s.layer)
-            if s.positions not in ('all', 'last'): raise MultilingError(f"steer positions must be 'all' or 'last', got {s.positions!r}")
-            if s.vector.shape[-1] != a.d_model: raise MultilingError(f"steering vector has size {s.vector.shape[-1]}, the model's residual stream {a.d_model}")
-            add_all, add_last = steer.setdefault(s.layer, (torch.zeros(b, a.d_model, device=dev, dtype=dt), torch.zeros(b, a.d_model, device=dev, dtype=dt)))
+            if s.positions not in ('all', 'last'):
+                raise MultilingError(f"steer positions must be 'all' or 'last', got {s.positions!r}")
+            if s.vector.shape[-1] != a.d_model:
+                raise MultilingError(f"steering vector has size {s.vector.shape[-1]}, the model's residual stream {a.d_model}")
+            add_all, add_last = steer.setdefault(s.layer, (zeros(a.d_model), zeros(a.d_model)))
             (add_all if s.positions == 'all' else add_last)[i] += s.scale * s.vector.to(dev, dt)
-    ev = module_events(model); actions = []
+    actions = []
     for l, payload in heads.items():
-        name = _full(model, l, a.o_proj); actions.append((ev[(name, 'in')], 'heads', name, payload))
+        name = _full(model, l, a.o_proj)
+        actions.append((_rank(model, name, 'in', 'heads'), 'heads', name, payload))
     for (l, site), payload in units.items():
-        if site == 'mlp': name = _full(model, l, a.mlp_down); actions.append((ev[(name, 'in')], 'units_in', name, payload))
-        else: name = _full(model, l, site); actions.append((ev[(name, 'out')], 'units_out', name, payload))
+        at = 'in' if site == 'mlp' else 'out'   # MLP neurons are the input of the MLP's output projection
+        name = _full(model, l, a.mlp_down if site == 'mlp' else site)
+        actions.append((_rank(model, name, at, f'units at {site!r}'), 'units_' + at, name, payload))
     for l, payload in steer.items():
-        name = _full(model, l, ''); actions.append((ev[(name, 'out')], 'steer', name, payload))
+        name = _full(model, l, '')
+        actions.append((_rank(model, name, 'out', 'steer'), 'steer', name, payload))
     return actions
 
 # %% ../nbs/04_interventions.ipynb 14
-_SAVE_SITES = {'resid': ('', 'out'), 'heads': ('o_proj', 'in'), 'attn_out': ('o_proj', 'out'), 'mlp_in': ('mlp_norm', 'out'),
-               'neurons': ('mlp_down', 'in'), 'mlp_out': ('mlp', 'out')}
+_SAVE_SITES = {'resid': ('', 'out'), 'heads': ('o_proj', 'in'), 'attn_out': ('o_proj', 'out'),
+               'mlp_in': ('mlp_norm', 'out'), 'neurons': ('mlp_down', 'in'), 'mlp_out': ('mlp', 'out')}
 
 def _save_actions(model: LoadedModel, save: Sequence[str], layers) -> list[tuple]:
-    a, ev, acts = model.adapter, module_events(model), []
+    a, acts = model.adapter, []
     for what in save:
-        kind, _, rel = what.partition(':')
-        if rel and kind in ('in', 'out'):   # any module of the block, by its path relative to the block
-            for l in layers:
-                name = _full(model, l, rel)
-                if (name, kind) not in ev: raise MultilingError(f"cannot save {what!r}: block {l} has no module {rel!r} (or it does not run)")
-                acts.append((ev[(name, kind)] + 0.5, 'save_' + kind, name, (what, l)))
-            continue
-        if what not in _SAVE_SITES: raise MultilingError(f"cannot save {what!r}; choose from {', '.join(_SAVE_SITES)}, 'out:<module path>' or 'in:<module path>'")
-        attr, kind = _SAVE_SITES[what]
-        for l in layers:
-            name = _full(model, l, getattr(a, attr) if attr else '')
-            acts.append((ev[(name, kind)] + 0.5, 'save_' + kind, name, (what, l)))  # +0.5: read after a write at the same place
+        at, _, rel = what.partition(':')
+        if not (rel and at in ('in', 'out')):   # not a module path relative to the block: one of the stable names
+            if what not in _SAVE_SITES:
+                raise MultilingError(f"cannot save {what!r}; choose from {', '.join(_SAVE_SITES)}, 'out:<module path>' "
+                                     "or 'in:<module path>'")
+            role, at = _SAVE_SITES[what]
+            rel = getattr(a, role) if role else ''
+        for l in layers:   # +0.5: read after a write at the same place
+            name = _full(model, l, rel)
+            rank = _rank(model, name, at, f"cannot save {what!r} of block {l}")
+            acts.append((rank + 0.5, 'save_' + at, name, (what, l)))
     return acts
 
+# %% ../nbs/04_interventions.ipynb 15
 def _first(x): return x[0] if isinstance(x, tuple) else x
+def _with_first(out, h): return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+def _apply(env, kind: str, name: str, payload, model: LoadedModel, saved: dict, record: dict | None):
+    "Do one action on the nnsight proxy `env` of module `name`."
+    a = model.adapter
+    if kind == 'heads':   # keep-mask and fill values per row and head, on the heads side by side
+        keep, fill = payload
+        x = env.input
+        b, p, _ = x.shape
+        z = x.reshape(b, p, a.n_heads, a.head_dim)
+        env.input = (z * keep[:, None, :, None] + (1 - keep)[:, None, :, None] * fill[:, None]).reshape(b, p, -1)
+    elif kind in ('units_in', 'units_out'):
+        mask, val = payload
+        x = env.input if kind == 'units_in' else env.output
+        x = x * (1 - mask[:, None]) + val[:, None] * mask[:, None]
+        if kind == 'units_in': env.input = x
+        else: env.output = x
+    elif kind == 'steer':
+        add_all, add_last = payload
+        out = env.output
+        h = _first(out) + add_all[:, None]
+        env.output = _with_first(out, torch.cat([h[:, :-1], h[:, -1:] + add_last[:, None]], 1))
+    elif kind == 'edit_in':
+        new = payload(env.input)
+        if new is not None: env.input = new
+    elif kind == 'edit_out':
+        out = env.output
+        new = payload(_first(out))
+        if new is not None: env.output = _with_first(out, new)
+    elif kind == 'hold_qk':   # the queries and keys (of a fused projection: only their channels), detached or replayed
+        out = env.output
+        held = _held(record, ('attention', name), out.detach())
+        env.output = held if payload is None else torch.where(payload.to(out.device), held, out)
+    elif kind == 'hold_norm':   # the norm at a detached (or replayed) scale: linear in its input
+        x = env.input
+        env.output = payload.apply(x, _held(record, ('norm', name), payload.scale(x).detach()))
+    elif kind == 'save_in': saved[payload] = env.input.save()
+    elif kind == 'save_out': saved[payload] = _first(env.output).save()
 
 def _run_trace(model: LoadedModel, batch: Batch, actions: list[tuple], past_key_values=None,
-               attentions: bool = False, use_cache: bool = False, last: int | None = None):
-    "One forward pass under nnsight with `actions` applied in execution order (logits of the `last` positions only if given)."
-    nn, a = model.nn, model.adapter
+               attentions: bool = False, use_cache: bool = False, last: int | None = None,
+               grad: bool = False, record: dict | None = None):
+    "One forward pass under nnsight with `actions` applied in execution order (logits of the `last` positions if given)."
     saved = {}
     kw = dict(attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=use_cache)
     if past_key_values is not None: kw['past_key_values'] = past_key_values
     if last is not None: kw['logits_to_keep'] = int(last)  # transformers' causal LMs then unembed only those positions
     if attentions: kw['output_attentions'] = True
-    with torch.inference_mode(False), torch.no_grad():
-        with nn.trace(batch.input_ids, **kw):
+    with torch.inference_mode(False), torch.set_grad_enabled(grad):
+        with model.nn.trace(batch.input_ids, **kw):
             for _, kind, name, payload in sorted(actions, key=lambda x: x[0]):
-                env = walk(nn, name)
-                if kind == 'heads':
-                    keep, fill = payload
-                    x = env.input; b, p, _ = x.shape
-                    z = x.reshape(b, p, a.n_heads, a.head_dim)
-                    z = z * keep[:, None, :, None] + (1 - keep)[:, None, :, None] * fill[:, None]
-                    env.input = z.reshape(b, p, -1)
-                elif kind == 'units_in':
-                    mask, val = payload; x = env.input
-                    env.input = x * (1 - mask[:, None]) + val[:, None] * mask[:, None]
-                elif kind == 'units_out':
-                    mask, val = payload; x = env.output
-                    env.output = x * (1 - mask[:, None]) + val[:, None] * mask[:, None]
-                elif kind == 'steer':
-                    add_all, add_last = payload; out = env.output; h = _first(out)
-                    h = h + add_all[:, None]
-                    h = torch.cat([h[:, :-1], h[:, -1:] + add_last[:, None]], 1)
-                    env.output = (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
-                elif kind == 'save_in': saved[payload] = env.input.save()
-                elif kind == 'save_out': saved[payload] = _first(env.output).save()
-            out = nn.output.save()
+                _apply(walk(model.nn, name), kind, name, payload, model, saved, record)
+            out = model.nn.output.save()
     return out, saved
 
-# %% ../nbs/04_interventions.ipynb 16
+# %% ../nbs/04_interventions.ipynb 17
+@dataclass(frozen=True)
+class Edit:
+    "A function run at one named site of a forward pass: it reads the value there; what it returns replaces it."
+    site: str    # in a block: a role of the adapter ('mlp', 'mlp_norm', 'attn', 'o_proj', 'mlp_down', 'q_proj', 'k_proj',
+                 # 'attn_out_norm') or a module path relative to it ('' is the block); with no layer: 'embed', 'final_norm'
+    fn: Callable  # fn(value) -> a tensor of the same shape that replaces it, or None (a read)
+    layer: int | None = None  # the block; None for a site of the model
+    at: str = 'out'           # 'out': the module's output (a block's hidden state); 'in': its first input
+
+_ROLES = ('attn', 'o_proj', 'mlp', 'mlp_down', 'mlp_norm', 'attn_out_norm', 'q_proj', 'k_proj')
+_MODEL_SITES = ('embed', 'final_norm')
+FREEZE = ('attention', 'norm')   # what `forward(..., freeze=...)` can hold
+
+def _site(model: LoadedModel, edit: Edit) -> str:
+    "The module path of an edit's site."
+    a = model.adapter
+    if edit.at not in ('in', 'out'): raise MultilingError(f"an edit acts at 'in' or 'out' of a module, got {edit.at!r}")
+    if edit.layer is None:
+        if edit.site not in _MODEL_SITES:
+            raise MultilingError(f"edit site {edit.site!r} needs a layer; sites of the whole model: {', '.join(_MODEL_SITES)}")
+        return getattr(a, edit.site)
+    a.check_layer(edit.layer)
+    rel = getattr(a, edit.site) if edit.site in _ROLES else edit.site
+    if rel is None: raise MultilingError(f"this {a.family} model has no {edit.site!r}")
+    return _full(model, edit.layer, rel)
+
+def _edit_actions(model: LoadedModel, edits: Sequence[Edit]) -> list[tuple]:
+    acts = []
+    for e in edits:
+        if not (isinstance(e, Edit) and callable(e.fn)):
+            raise MultilingError(f"edits must be `Edit`s (a site, a function, a layer), got {e!r}")
+        name = _site(model, e)
+        acts.append((_rank(model, name, e.at, f"edit at {e.site!r}"), 'edit_' + e.at, name, e.fn))
+    return acts
+
+def _freeze_actions(model: LoadedModel, freeze: Sequence[str]) -> list[tuple]:
+    "Actions that hold the queries and keys (after any edit of them) and every norm's scale (`FREEZE`)."
+    freeze = (freeze,) if isinstance(freeze, str) else tuple(freeze)
+    bad = [f for f in freeze if f not in FREEZE]
+    if bad: raise MultilingError(f"cannot freeze {bad}; choose from {', '.join(FREEZE)}")
+    a, acts = model.adapter, []
+    if 'attention' in freeze:
+        for l in range(a.n_layers):
+            for rel in dict.fromkeys((a.q_proj, a.k_proj)):   # once where q, k and v are one projection
+                name = _full(model, l, rel)
+                channels = a.qk_channels(linear_shape(a.get(model.hf, rel, l))[1])
+                acts.append((_rank(model, name, 'out', 'freeze attention') + 0.25, 'hold_qk', name, channels))
+    if 'norm' in freeze:
+        events = module_events(model)
+        for name, mod in model.hf.named_modules():
+            if a.is_norm(mod) and (name, 'in') in events:   # +0.75: after edits of its input, before its output's
+                acts.append((events[(name, 'in')] + 0.75, 'hold_norm', name, a.norm_affine(mod)))
+    return acts
+
+def _held(record: dict | None, key: tuple, value: torch.Tensor) -> torch.Tensor:
+    "`value`, or the one `record` holds under `key` (stored there by the first run)."
+    if record is None: return value
+    held = record.setdefault(key, value)
+    if held.shape != value.shape:
+        raise MultilingError(f"the record holds {key[0]} values of shape {tuple(held.shape)} at {key[1]}, this run "
+                             f"{tuple(value.shape)}: replay a record on the batch it was made on")
+    return held
+
+# %% ../nbs/04_interventions.ipynb 19
 def forward(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model`)
             inputs: Batch | Sequence[str], # a `Batch` or prompts
             interventions=None, # None, one `Intervention` for all rows, or one per row
@@ -196,16 +297,23 @@ def forward(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model
             layers: Sequence[int] | None = None, # layers to save (default all)
             attentions: bool = False, # also return attention patterns
             add_bos: bool | None = None,
-            last: int | None = None, # logits of the last this many positions only (None: all); saves the unembedding elsewhere
+            last: int | None = None, # logits of the last this many positions only (None: all); saves the unembedding
+            edits: Sequence[Edit] = (), # functions at named sites (`Edit`), run after the rows' interventions there
+            freeze: Sequence[str] = (), # hold the 'attention' patterns and/or the 'norm' scales (`FREEZE`)
+            record: dict | None = None, # with `freeze`: filled by the first run, replayed by the later ones
+            grad: bool = False, # autograd on: the logits and saved values can be differentiated
            ) -> dict:
-    "Run the model once with per-row interventions; return `logits` and the saved activations."
+    "Run the model once with per-row interventions and edits; return `logits` and the saved activations."
     model = load_model(model)
     batch = inputs if isinstance(inputs, Batch) else model.encode(inputs, add_bos=add_bos)
     layers = list(range(model.adapter.n_layers)) if layers is None else [int(l) for l in layers]
     for l in layers: model.adapter.check_layer(l)
     rows = _rows(interventions, len(batch))
     if last is not None: last = check_param('last', last, int, min_value=1)
-    out, saved = _run_trace(model, batch, _plan(model, rows) + _save_actions(model, save, layers), attentions=attentions, last=last)
+    if record is not None and not freeze: raise MultilingError("a record holds frozen values: give `freeze` with it")
+    actions = (_plan(model, rows) + _edit_actions(model, edits) + _freeze_actions(model, freeze)
+               + _save_actions(model, save, layers))
+    out, saved = _run_trace(model, batch, actions, attentions=attentions, last=last, grad=grad, record=record)
     res = {'logits': out.logits, 'batch': batch}
     for what in save:
         vals = [saved[(what, l)] for l in layers]
@@ -214,19 +322,24 @@ def forward(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model
     if attentions: res['attentions'] = torch.stack([out.attentions[l] for l in layers])
     return res
 
-# %% ../nbs/04_interventions.ipynb 26
+# %% ../nbs/04_interventions.ipynb 37
 def head_means(model: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
     "Mean per-head output (input of the output projection) over all real tokens of `texts`: [n_layers, n_heads, head_dim]."
-    a = model.adapter; total = torch.zeros(a.n_layers, a.n_heads, a.head_dim, device=model.device); count = 0
+    a = model.adapter
+    total = torch.zeros(a.n_layers, a.n_heads, a.head_dim, device=model.device)
+    count = 0
     for i in range(0, len(texts), batch_size):
         r = forward(model, texts[i:i + batch_size], save=['heads'])
         mask = r['batch'].attention_mask.bool()
-        total += r['heads'][:, mask].sum(1).float(); count += int(mask.sum())
+        total += r['heads'][:, mask].sum(1).float()
+        count += int(mask.sum())
     return (total / count).to(model.dtype)
 
-# %% ../nbs/04_interventions.ipynb 29
+# %% ../nbs/04_interventions.ipynb 40
 def _select_cache(cache, rows: torch.Tensor):
-    if hasattr(cache, 'batch_select_indices'): cache.batch_select_indices(rows); return cache
+    if hasattr(cache, 'batch_select_indices'):
+        cache.batch_select_indices(rows)
+        return cache
     return tuple(tuple(t[rows] for t in layer) for layer in cache)
 
 def _select_plan(actions, rows):
@@ -259,9 +372,11 @@ class Generation:
 
 def _prefixes(prefix_ids, n: int) -> list[list[int]]:
     if prefix_ids is None: return [[] for _ in range(n)]
-    if len(prefix_ids) != n: raise MultilingError(f"got {len(prefix_ids)} prefixes for {n} prompts: give one list of token ids per prompt")
+    if len(prefix_ids) != n:
+        raise MultilingError(f"got {len(prefix_ids)} prefixes for {n} prompts: give one list of token ids per prompt")
     try: return [[int(t) for t in p] for p in prefix_ids]
-    except (TypeError, ValueError): raise MultilingError("prefix_ids must be one list of integer token ids per prompt") from None
+    except (TypeError, ValueError):
+        raise MultilingError("prefix_ids must be one list of integer token ids per prompt") from None
 
 def _stopped(stop, stop_every: int, counts: list[int], texts_of: Callable) -> list[bool]:
     "Rows whose step count is a multiple of `stop_every` are asked (all of them at once); the others go on."
@@ -271,13 +386,19 @@ def _stopped(stop, stop_every: int, counts: list[int], texts_of: Callable) -> li
     for j, s in zip(due, stop([texts_of(j) for j in due])): out[j] = bool(s)
     return out
 
+def _check_sampling(do_sample: bool, temperature: float, top_k: int | None):
+    if not do_sample: return
+    if not temperature > 0:
+        raise MultilingError(f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for greedy")
+    if top_k is not None and int(top_k) < 1: raise MultilingError(f"top_k must be >= 1 or None, got {top_k}")
+
 def generate(model: LoadedModel | str, # a LoadedModel or a spec
              prompts: Sequence[str], # the prompts
              interventions=None, # None, one `Intervention` for all, or one per prompt
              max_new_tokens: int = 20, # tokens generated at most per row (a prefix counts)
              batch_size: int = 32, # rows per forward pass
              add_bos: bool | None = None, # see `LoadedModel.encode`
-             stop: Callable[[list[str]], list[bool]] | None = None, # given decoded continuations so far, True = that row is done
+             stop: Callable[[list[str]], list[bool]] | None = None, # decoded continuations so far -> True: that row is done
              stop_every: int = 4, # ask `stop` when a row has generated a multiple of this many tokens
              stop_at_eos: bool = True,
              progress: bool = False,
@@ -285,8 +406,8 @@ def generate(model: LoadedModel | str, # a LoadedModel or a spec
              temperature: float = 1.0, # sampling temperature (> 0)
              top_k: int | None = None, # sample only among the `top_k` most likely tokens (None: all)
              seed: int | Sequence[int] | None = None, # sampling seed: one int for all rows, or one per prompt
-             prefix_ids: Sequence[Sequence[int]] | None = None, # per prompt, tokens already generated after it: resumed from,
-                                                               # counted as results and as steps (`max_new_tokens`, `stop`)
+             prefix_ids: Sequence[Sequence[int]] | None = None, # per prompt, tokens already generated after it:
+                                                               # resumed from, counted as results and as steps
              return_ids: bool = False, # return a `Generation` (texts, token ids, ended at EOS) instead of the texts
             ) -> list[str] | Generation:
     "Continuations (text after the prompt) of `prompts`, greedy or sampled, each under its own intervention."
@@ -295,13 +416,13 @@ def generate(model: LoadedModel | str, # a LoadedModel or a spec
     if isinstance(prompts, str): prompts = [prompts]
     rows = _rows(interventions, len(prompts))
     if max_new_tokens < 1: raise MultilingError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if do_sample:
-        if not temperature > 0: raise MultilingError(f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for greedy")
-        if top_k is not None and int(top_k) < 1: raise MultilingError(f"top_k must be >= 1 or None, got {top_k}")
-        row_seeds = _row_seeds(seed, len(prompts))
-    tok = model.tokenizer; eos = tok.eos_token_id
-    results = _prefixes(prefix_ids, len(prompts)); ended_eos = [False] * len(prompts)
+    _check_sampling(do_sample, temperature, top_k)
+    row_seeds = _row_seeds(seed, len(prompts)) if do_sample else None
+    tok, dev = model.tokenizer, model.device
+    results = _prefixes(prefix_ids, len(prompts))
+    ended_eos = [False] * len(prompts)
     text_of = lambda r: tok.decode(results[r], skip_special_tokens=True)
+    flags = lambda values: torch.tensor(values, dtype=torch.bool, device=dev)
     # a prefix is taken as generated: a row whose prefix already reaches `max_new_tokens` or satisfies `stop` is done
     todo = [r for r in range(len(prompts)) if len(results[r]) < max_new_tokens]
     asked = _stopped(stop, stop_every, [len(results[r]) for r in todo], lambda j: text_of(todo[j]))
@@ -311,30 +432,35 @@ def generate(model: LoadedModel | str, # a LoadedModel or a spec
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in tqdm(chunks, disable=not progress, desc='generate'):
         batch = model.encode([prompts[i] for i in chunk], add_bos=add_bos,
-                       suffix_ids=[results[i] for i in chunk] if prefix_ids is not None else None)
+                             suffix_ids=[results[i] for i in chunk] if prefix_ids is not None else None)
         actions = _plan(model, [rows[i] for i in chunk])
-        active = torch.arange(len(chunk), device=model.device)
+        active = torch.arange(len(chunk), device=dev)
         counts = [len(results[i]) for i in chunk]   # tokens generated so far, per active row
-        gens = [torch.Generator(device=model.device).manual_seed(row_seeds[i]) for i in chunk] if do_sample else None
+        gens = [torch.Generator(device=dev).manual_seed(row_seeds[i]) for i in chunk] if do_sample else None
         out, _ = _run_trace(model, batch, actions, use_cache=True, last=1)  # unembed only the position that decides
         cache, mask, pos = out.past_key_values, batch.attention_mask, batch.position_ids[:, -1:]
         while True:
-            nxt = _sample_next(out.logits[:, -1], [gens[int(i)] for i in active], temperature, top_k) if do_sample else out.logits[:, -1].argmax(-1)
-            done = torch.zeros(len(active), dtype=torch.bool, device=model.device)
+            logits = out.logits[:, -1]
+            nxt = _sample_next(logits, [gens[int(i)] for i in active], temperature, top_k) if do_sample else logits.argmax(-1)
+            done = torch.zeros(len(active), dtype=torch.bool, device=dev)
             for j, t in enumerate(nxt.tolist()):
                 r = chunk[int(active[j])]
-                if stop_at_eos and t == eos: done[j] = True; ended_eos[r] = True
+                if stop_at_eos and t == tok.eos_token_id:
+                    done[j] = True
+                    ended_eos[r] = True
                 else: results[r].append(t)
             counts = [c + 1 for c in counts]
-            done |= torch.tensor(_stopped(stop, stop_every, counts, lambda j: text_of(chunk[int(active[j])])), dtype=torch.bool, device=model.device)
-            done |= torch.tensor([c >= max_new_tokens for c in counts], dtype=torch.bool, device=model.device)
+            done |= flags(_stopped(stop, stop_every, counts, lambda j: text_of(chunk[int(active[j])])))
+            done |= flags([c >= max_new_tokens for c in counts])
             if bool(done.all()): break
             if bool(done.any()):
                 keep = (~done).nonzero().squeeze(-1)
                 active, nxt, mask, pos = active[keep], nxt[keep], mask[keep], pos[keep]
                 counts = [counts[int(j)] for j in keep]
-                cache = _select_cache(cache, keep); actions = _select_plan(actions, keep)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1); pos = pos + 1
+                cache = _select_cache(cache, keep)
+                actions = _select_plan(actions, keep)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = pos + 1
             out, _ = _run_trace(model, Batch(nxt[:, None], mask, pos), actions, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
     texts = [tok.decode(r, skip_special_tokens=True) for r in results]

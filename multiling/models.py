@@ -30,6 +30,9 @@ class Adapter:
     mlp_norm: str    # norm applied to the MLP's input, relative to a block
     final_norm: str  # norm before the unembedding
     unembed: str     # the unembedding (lm head)
+    embed: str       # the token embedding (its output is what `inputs_embeds` would be)
+    q_proj: str      # the projection whose output holds the queries, relative to a block
+    k_proj: str      # the one whose output holds the keys (the same module where q, k and v are one projection)
     n_layers: int
     n_heads: int
     n_kv_heads: int
@@ -38,6 +41,8 @@ class Adapter:
     d_mlp: int
     attn_out_norm: str | None = None  # norm applied to the attention output before the residual add (Gemma-2/3), relative to a block
     norm_offset: float = 0.0  # an RMSNorm multiplies by (norm_offset + weight): 1 for Gemma's (1 + w), 0 elsewhere
+    qkv_split: str | None = None  # one fused q/k/v projection: 'blocks' ([q | k | v], GPT-2) or 'heads' (per head
+                                  # [q, k, v], BLOOM); None: q_proj and k_proj are modules of their own
 
     def get(self, root, path: str, layer: int | None = None):
         "Resolve `path` (relative to block `layer` when given) on `root` (an HF model or its nnsight proxy)."
@@ -59,12 +64,26 @@ class Adapter:
     def heads(self) -> list[tuple[int, int]]:
         "Every (layer, head) of the model."
         return [(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
+    def qk_channels(self, width: int) -> torch.Tensor | None:
+        "Bool [width]: the output channels of a fused q/k/v projection that hold queries or keys; None if not fused."
+        if self.qkv_split is None: return None
+        if self.qkv_split == 'blocks': shape, qk = (3, width // 3), (slice(0, 2),)
+        elif self.qkv_split == 'heads': shape, qk = (self.n_heads, 3, self.head_dim), (slice(None), slice(0, 2))
+        else: raise MultilingError(f"unknown qkv_split {self.qkv_split!r}: use 'blocks', 'heads' or None")
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask[qk] = True
+        if mask.numel() != width: raise MultilingError(f"a fused q/k/v projection {width} wide does not split as {self.qkv_split!r}")
+        return mask.reshape(-1)
+    @staticmethod
+    def is_norm(mod: torch.nn.Module) -> bool:
+        "Whether `mod` is a LayerNorm or an RMSNorm (by its class name, or the `variance_epsilon` of Llama's)."
+        return isinstance(mod, torch.nn.LayerNorm) or 'RMSNorm' in type(mod).__name__ or hasattr(mod, 'variance_epsilon')
     def norm_gain(self, mod: torch.nn.Module) -> torch.Tensor:
         "The gain a norm module multiplies its normalised input by: LayerNorm's weight, an RMSNorm's `norm_offset + weight`."
         w = getattr(mod, 'weight', None)
         if isinstance(mod, torch.nn.LayerNorm):
             return w if w is not None else torch.ones(mod.normalized_shape, device=_device_of(mod))
-        if w is None or not ('RMSNorm' in type(mod).__name__ or hasattr(mod, 'variance_epsilon')):
+        if w is None or not self.is_norm(mod):
             raise MultilingError(f"{type(mod).__name__} is neither a LayerNorm nor an RMSNorm with a weight: "
                                  "teach multiling.models.Adapter.norm_gain this norm")
         return w + self.norm_offset if self.norm_offset else w
@@ -116,14 +135,18 @@ def _device_of(mod: torch.nn.Module) -> torch.device:
 # %% ../nbs/01_models.ipynb 6
 _FAMILY_PATHS = {
     'gpt2':  dict(layers='transformer.h', attn='attn', o_proj='attn.c_proj', mlp='mlp', mlp_down='mlp.c_proj',
-                  mlp_norm='ln_2', final_norm='transformer.ln_f', unembed='lm_head'),
+                  mlp_norm='ln_2', final_norm='transformer.ln_f', unembed='lm_head', embed='transformer.wte',
+                  q_proj='attn.c_attn', k_proj='attn.c_attn', qkv_split='blocks'),
     'llama': dict(layers='model.layers', attn='self_attn', o_proj='self_attn.o_proj', mlp='mlp', mlp_down='mlp.down_proj',
-                  mlp_norm='post_attention_layernorm', final_norm='model.norm', unembed='lm_head'),
+                  mlp_norm='post_attention_layernorm', final_norm='model.norm', unembed='lm_head', embed='model.embed_tokens',
+                  q_proj='self_attn.q_proj', k_proj='self_attn.k_proj'),
     'gemma': dict(layers='model.layers', attn='self_attn', o_proj='self_attn.o_proj', mlp='mlp', mlp_down='mlp.down_proj',
-                  mlp_norm='pre_feedforward_layernorm', final_norm='model.norm', unembed='lm_head',
-                  attn_out_norm='post_attention_layernorm'),
+                  mlp_norm='pre_feedforward_layernorm', final_norm='model.norm', unembed='lm_head', embed='model.embed_tokens',
+                  q_proj='self_attn.q_proj', k_proj='self_attn.k_proj', attn_out_norm='post_attention_layernorm'),
     'bloom': dict(layers='transformer.h', attn='self_attention', o_proj='self_attention.dense', mlp='mlp',
-                  mlp_down='mlp.dense_4h_to_h', mlp_norm='post_attention_layernorm', final_norm='transformer.ln_f', unembed='lm_head'),
+                  mlp_down='mlp.dense_4h_to_h', mlp_norm='post_attention_layernorm', final_norm='transformer.ln_f',
+                  unembed='lm_head', embed='transformer.word_embeddings', q_proj='self_attention.query_key_value',
+                  k_proj='self_attention.query_key_value', qkv_split='heads'),
 }
 # model_type -> family; Qwen2/Qwen3/Mistral share Llama's module names
 MODEL_TYPES = {'gpt2': 'gpt2', 'llama': 'llama', 'mistral': 'llama', 'qwen2': 'llama', 'qwen3': 'llama',
@@ -230,6 +253,8 @@ class LoadedModel:
     path: str | None = None
     _nn: object = field(default=None, repr=False)
     _hash: str | None = field(default=None, repr=False)
+    events: dict | None = field(default=None, repr=False)  # {(module path, 'in'|'out'): rank} in a forward pass:
+                                                           # filled once by `interventions.module_events`
 
     @property
     def nn(self):

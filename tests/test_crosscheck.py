@@ -6,14 +6,17 @@
     head is ablated by zeroing its z (the head's output before the output projection) — always runs;
 (2) a from-scratch Gemma-3 forward pass, likewise (scaled embeddings, RMSNorm with its (1 + w) gain, grouped-query
     attention with q/k norms and rotary positions, the norms after attention and MLP, the gated GELU MLP) — always runs;
-(3) TransformerLens's `blocks.L.attn.hook_z` ablation (TransformerLens 4: a `TransformerBridge`) — only if
+(3) the same from-scratch GPT-2 with the attention patterns and LayerNorm stds of another run held: the engine's
+    frozen forward pass replayed on shifted embeddings (`forward(..., freeze=FREEZE, record=...)`, what the CLT's
+    attribution graph differentiates) — always runs;
+(4) TransformerLens's `blocks.L.attn.hook_z` ablation (TransformerLens 4: a `TransformerBridge`) — only if
     `transformer_lens` is importable (`pip install -e '.[crosscheck]'`).
 """
 import math
 import pytest
 import torch
 from multiling.models import tiny_hf_model, wrap_model
-from multiling.interventions import Intervention, ablate_heads, forward
+from multiling.interventions import FREEZE, Edit, Intervention, ablate_heads, forward
 
 TEXTS = ["The weather is nice today and we walk to the market.", "Le temps est beau.",
          "Сегодня хорошая погода", "今天天气很好，我们去市场。"]
@@ -33,42 +36,51 @@ def model():
     return wrap_model(hf, tok, name='tiny-gpt2-crosscheck')
 
 
-def _ln(x, w, b, eps):
-    mu = x.mean(-1, keepdim=True); var = ((x - mu) ** 2).mean(-1, keepdim=True)
-    return (x - mu) / torch.sqrt(var + eps) * w + b
+def _ln(x, w, b, eps, std=None):
+    "LayerNorm; with `std`, dividing by that instead of x's own standard deviation."
+    mu = x.mean(-1, keepdim=True)
+    if std is None: std = torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + eps)
+    return (x - mu) / std * w + b
+
+
+def _std(x, eps):
+    return torch.sqrt(((x - x.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True) + eps)
 
 
 def _gelu_new(x):
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-def gpt2_from_scratch(sd, cfg, input_ids, attention_mask, zero_heads):
+def gpt2_from_scratch(sd, cfg, input_ids, attention_mask, zero_heads, shift=None, held=None):
     """GPT-2 logits from the state dict `sd` alone. `zero_heads[i]` = set of (layer, head) whose z is zeroed in row i.
-    Left padding: positions count real tokens only; padded keys are masked."""
+    Left padding: positions count real tokens only; padded keys are masked. `shift` is added to the token
+    embeddings; `held`, a dict, is filled with every attention pattern and LayerNorm std of the run when it is empty,
+    and used instead of the run's own when it is not."""
     b, p = input_ids.shape
     nh, d = cfg.n_head, cfg.n_embd; hd = d // nh; eps = cfg.layer_norm_epsilon
+    keep = (lambda key, value: value) if held is None else held.setdefault
     pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    x = sd['transformer.wte.weight'][input_ids] + sd['transformer.wpe.weight'][pos]
+    x = sd['transformer.wte.weight'][input_ids] + (0 if shift is None else shift) + sd['transformer.wpe.weight'][pos]
     causal = torch.tril(torch.ones(p, p, dtype=torch.bool))
     allowed = causal[None] & attention_mask.bool()[:, None, :]            # [b, q, k]
     for L in range(cfg.n_layer):
         pre = f'transformer.h.{L}.'
-        h = _ln(x, sd[pre + 'ln_1.weight'], sd[pre + 'ln_1.bias'], eps)
+        h = _ln(x, sd[pre + 'ln_1.weight'], sd[pre + 'ln_1.bias'], eps, std=keep(('ln_1', L), _std(x, eps)))
         qkv = h @ sd[pre + 'attn.c_attn.weight'] + sd[pre + 'attn.c_attn.bias']   # Conv1D: x @ W + b, W [in, out]
         q, k, v = qkv.split(d, dim=-1)
         q, k, v = (t.reshape(b, p, nh, hd).transpose(1, 2) for t in (q, k, v))    # [b, nh, p, hd]
         scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
         scores = scores.masked_fill(~allowed[:, None], torch.finfo(scores.dtype).min)
-        z = scores.softmax(-1) @ v                                               # [b, nh, p, hd]
+        z = keep(('pattern', L), scores.softmax(-1)) @ v                          # [b, nh, p, hd]
         for i, heads in enumerate(zero_heads):
             for (l, hh) in heads:
                 if l == L: z[i, hh] = 0
         z = z.transpose(1, 2).reshape(b, p, d)
         x = x + z @ sd[pre + 'attn.c_proj.weight'] + sd[pre + 'attn.c_proj.bias']
-        h = _ln(x, sd[pre + 'ln_2.weight'], sd[pre + 'ln_2.bias'], eps)
+        h = _ln(x, sd[pre + 'ln_2.weight'], sd[pre + 'ln_2.bias'], eps, std=keep(('ln_2', L), _std(x, eps)))
         h = _gelu_new(h @ sd[pre + 'mlp.c_fc.weight'] + sd[pre + 'mlp.c_fc.bias'])
         x = x + h @ sd[pre + 'mlp.c_proj.weight'] + sd[pre + 'mlp.c_proj.bias']
-    x = _ln(x, sd['transformer.ln_f.weight'], sd['transformer.ln_f.bias'], eps)
+    x = _ln(x, sd['transformer.ln_f.weight'], sd['transformer.ln_f.bias'], eps, std=keep('ln_f', _std(x, eps)))
     return x @ sd['transformer.wte.weight'].T                                    # tied unembedding
 
 
@@ -115,6 +127,27 @@ def test_per_row_ablation_in_padded_batch_matches_from_scratch(model):
         single = model.encode([text])
         alone = _scratch(model, single, [set(rows[i])])[0]
         torch.testing.assert_close(ref[i][m[i]], alone, atol=ATOL, rtol=1e-4)
+
+
+def test_frozen_replay_matches_from_scratch(model):
+    """The engine's frozen forward pass replayed on shifted embeddings equals the from-scratch GPT-2 run on them with
+    the clean run's attention patterns and LayerNorm stds; the shifted run's own patterns and stds give other logits."""
+    batch = model.encode(TEXTS)
+    g = torch.Generator().manual_seed(3)
+    shift = 0.3 * torch.randn(*batch.input_ids.shape, model.adapter.d_model, generator=g)
+    rec = {}
+    forward(model, batch, freeze=FREEZE, record=rec)
+    ours = forward(model, batch, freeze=FREEZE, record=rec, edits=[Edit('embed', lambda e: e + shift)])['logits']
+    sd = {k: v.detach().float() for k, v in model.hf.state_dict().items()}
+    none = [set()] * len(TEXTS)
+    held = {}
+    with torch.no_grad():
+        gpt2_from_scratch(sd, model.hf.config, batch.input_ids, batch.attention_mask, none, held=held)   # the clean run
+        ref = gpt2_from_scratch(sd, model.hf.config, batch.input_ids, batch.attention_mask, none, shift=shift, held=held)
+        own = gpt2_from_scratch(sd, model.hf.config, batch.input_ids, batch.attention_mask, none, shift=shift)
+    m = _real(batch)
+    torch.testing.assert_close(ours[m], ref[m], atol=ATOL, rtol=1e-4)
+    assert (own[m] - ref[m]).abs().max() > 100 * ATOL   # holding the patterns and stds matters here
 
 
 # ---- Gemma-3 from scratch ----
