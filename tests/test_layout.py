@@ -78,8 +78,8 @@ def test_every_figure_is_saved_with_provenance(nb):
 
 
 def _paper_runs(*make_args):
-    "The `paper_cli run` commands `make -n paper` would execute, each as its argument list."
-    out = subprocess.run(['make', '-n', 'paper', *make_args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    "The `paper_cli run` commands `make paper` would execute with every target out of date (-B), as argument lists."
+    out = subprocess.run(['make', '-n', '-B', 'paper', *make_args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     runs = [shlex.split(line) for line in out.stdout.splitlines() if 'paper_cli' in line and "' run " in line]
     return [args[args.index('run') + 1:] for args in runs], out.stdout

@@ -46,6 +46,10 @@ NO_PROVENANCE = {
                     'notebook 23 recorded no notebook (re-make command unknown)'),
     'data/results/langid_accuracy.meta.json':
         "the library chapter 03_langid wrote it: no weights hash of the detector, no parameters cell to re-run",
+    **dict.fromkeys(_meta('data/results', 'organisms_fidelity', 'organisms_instructions', 'organisms_perplexity',
+                          'organisms_training') + _meta('figures', 'organisms_quality'),
+                    '07_organisms made them before its split: the chapter has no parameters cell now; '
+                    '27_organism_quality re-makes them'),
 }
 
 # parameters of the notebook (its parameters cell now) that the sidecar does not record (issue 19: one declaration)
