@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_provenance.ipynb 3
 from __future__ import annotations
-import argparse, datetime, hashlib, json, re, shlex, shutil, subprocess, sys, time
+import argparse, datetime, hashlib, json, os, re, shlex, shutil, subprocess, sys, time
 from pathlib import Path
 from .core import (FIGURES_DIR, MODELS_DIR, REPO_ROOT, MultilingError, atomic_path, notebook_defaults,
                             notebook_file, notebook_path, param_text, param_value, remake_command, write_json)
@@ -359,7 +359,9 @@ def run_notebook(notebook, # the notebook to run (path or name)
     print(f"\n== {name}: {notebook}, expected ~{minutes or '?'} min on a 2-core CPU; started {time.strftime('%H:%M')}\n"
           f"   {shlex.join(cmd)}", flush=True)
     start = time.time()
-    returncode = subprocess.run(cmd, cwd=REPO_ROOT).returncode
+    # figures inline in the executed notebook (the reader's copy), whatever backend the caller set for its own plots
+    env = {**os.environ, 'MPLBACKEND': 'module://matplotlib_inline.backend_inline'}
+    returncode = subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
     took = (time.time() - start) / 60
     if returncode:
         raise MultilingError(f"{name} failed after {took:.1f} min (papermill exit {returncode}); {output} shows the failing cell")

@@ -176,6 +176,14 @@ def test_paper_run_writes_the_default_run_back_with_its_outputs(tmp_path, capsys
     assert json.loads((tmp_path / 'runs' / '20_demo.done').read_text())['notebook'] == str(nb)
 
 
+def test_paper_run_keeps_figures_inline(tmp_path, monkeypatch):
+    monkeypatch.setenv('MPLBACKEND', 'Agg')     # as under make: the executed notebook must still show the figure
+    nb = _notebook(tmp_path, 'import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, 1])\nfig')
+    paper_cli(['run', '--runs-dir', str(tmp_path / 'runs'), '--name', '20_demo', '--notebook', str(nb)])
+    outputs = json.loads((tmp_path / 'runs' / '20_demo.ipynb').read_text())['cells'][-1]['outputs']
+    assert any('image/png' in o.get('data', {}) for o in outputs), outputs
+
+
 def test_paper_run_elsewhere_never_writes_back(tmp_path):
     nb = _notebook(tmp_path, 'print(greeting * n)')
     before = nb.read_text()
