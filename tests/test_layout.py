@@ -9,9 +9,7 @@ from multiling.core import notebook_defaults
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / 'nbs').glob('2[0-9]_*.ipynb'))
 REQUIRED = {'model', 'languages', 'out_dir', 'fig_dir', 'device', 'dtype', 'seed'}
-# the organism notebook: 27_organism_quality once 07 is split into a library chapter and that experiment notebook
-ORGANISMS = ROOT / 'nbs' / ('27_organism_quality.ipynb' if (ROOT / 'nbs' / '27_organism_quality.ipynb').exists()
-                            else '07_organisms.ipynb')
+ORGANISMS = ROOT / 'nbs' / '27_organism_quality.ipynb'   # the organism notebook (07_organisms is its library chapter)
 CLAIMS = ROOT / 'nbs' / '30_claims.ipynb'
 
 
