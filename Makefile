@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 # pipeline (tiny organisms, each notebook in its CI setting nbs/ci_params/<notebook>.yaml: minutes, not hours).
 SIZE ?= small
 MIXTURES ?= balanced en70 noen
+# organisms' training precision: fp32 everywhere (bf16 autocast is faster only where the CPU has bf16 units, or on a GPU:
+# make paper PRECISION=bf16); an organism is reused only when it was trained with the same precision
+PRECISION ?= fp32
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -47,8 +50,8 @@ data/models/gemma-3-270m/config.json: | install
 # the offline default models: the real pretrained model and the organisms of size SIZE (multiling_train reuses a
 # finished organism with the same settings; small takes ~25 min per organism on a 2-core CPU, tiny a minute)
 models: data data/models/gemma-3-270m/config.json
-	for mix in $(MIXTURES); do $(BIN)/multiling_train --mixture $$mix --size $(SIZE) --out data/models/organism-$$mix-$(SIZE) || exit 1; done
-	$(BIN)/multiling_train --instruct-from data/models/organism-balanced-$(SIZE) --out data/models/organism-balanced-$(SIZE)-instruct
+	for mix in $(MIXTURES); do $(BIN)/multiling_train --mixture $$mix --size $(SIZE) --precision $(PRECISION) --out data/models/organism-$$mix-$(SIZE) || exit 1; done
+	$(BIN)/multiling_train --instruct-from data/models/organism-balanced-$(SIZE) --precision $(PRECISION) --out data/models/organism-balanced-$(SIZE)-instruct
 
 # ---- the paper: one make target per executed notebook ----
 # A run's stamp <RUNS>/<run>.done is re-made when its signature <RUNS>/<run>.sig changes: the notebook's cells (not
