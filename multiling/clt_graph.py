@@ -48,7 +48,9 @@ class _ReplacementRun:
             def f(x): pres[l] = clt.pre(x[0].float(), l)
             return f
         def write(l):   # the MLP output of layer l: the reconstruction from the leaves, plus the held error
-            def f(x): return (clt.decode_layer([leaves[s][None] for s in range(l + 1)], l) + self.error[l][None]).to(x.dtype)
+            def f(x):
+                rec = clt.decode_layer([leaves[s][None] for s in range(l + 1)], l) + self.error[l][None]
+                return rec.to(x.dtype)
             return f
         edits = {}
         for l in range(a.n_layers):

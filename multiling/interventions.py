@@ -75,7 +75,7 @@ def _full(model: LoadedModel, layer: int, rel: str) -> str:
     return f'{a.layers}.{layer}' + (f'.{rel}' if rel else '')
 
 def _rank(model: LoadedModel, name: str, at: str, what: str) -> int:
-    "When module `name` gets its input (`at='in'`) or gives its output in a forward pass; a clear error if it never does."
+    "When module `name` gets its input (`at='in'`) or gives its output in a forward pass; an error if it never does."
     events = module_events(model)
     if (name, at) not in events: raise MultilingError(f"{what}: the model has no module {name!r} (or it does not run)")
     return events[(name, at)]
@@ -104,7 +104,8 @@ def _unit_width(model: LoadedModel, u: UnitForce) -> int:
     if u.site == 'mlp': return a.d_mlp
     try: return linear_shape(a.get(model.hf, u.site, u.layer))[1]
     except AttributeError:
-        raise MultilingError(f"unit site {u.site!r} does not exist in block {u.layer} of this {a.family} model") from None
+        raise MultilingError(f"unit site {u.site!r} does not exist in block {u.layer} of this {a.family} "
+                             "model") from None
 
 def _plan(model: LoadedModel, rows: list[Intervention]) -> list[tuple]:
     "Ordered actions [(rank, kind, module, payload)] that apply `rows` in one forward pass."
@@ -123,7 +124,8 @@ def _plan(model: LoadedModel, rows: list[Intervention]) -> list[tuple]:
             width = _unit_width(model, u)
             idx = torch.as_tensor(u.index, device=dev).long().reshape(-1)
             if len(idx) and (idx.min() < 0 or idx.max() >= width):
-                raise MultilingError(f"unit index out of range for site {u.site!r} of layer {u.layer}: valid 0..{width - 1}")
+                raise MultilingError(f"unit index out of range for site {u.site!r} of layer {u.layer}: "
+                                     f"valid 0..{width - 1}")
             mask, val = units.setdefault((u.layer, u.site), (zeros(width), zeros(width)))
             mask[i, idx] = 1
             val[i, idx] = torch.as_tensor(u.value, device=dev, dtype=dt).expand(len(idx))   # one value, or one per unit
@@ -132,7 +134,8 @@ def _plan(model: LoadedModel, rows: list[Intervention]) -> list[tuple]:
             if s.positions not in ('all', 'last'):
                 raise MultilingError(f"steer positions must be 'all' or 'last', got {s.positions!r}")
             if s.vector.shape[-1] != a.d_model:
-                raise MultilingError(f"steering vector has size {s.vector.shape[-1]}, the model's residual stream {a.d_model}")
+                raise MultilingError(f"steering vector has size {s.vector.shape[-1]}, the model's residual stream "
+                                     f"{a.d_model}")
             add_all, add_last = steer.setdefault(s.layer, (zeros(a.d_model), zeros(a.d_model)))
             (add_all if s.positions == 'all' else add_last)[i] += s.scale * s.vector.to(dev, dt)
     actions = []
@@ -212,7 +215,7 @@ def _apply(env, kind: str, name: str, payload, model: LoadedModel, saved: dict, 
 def _run_trace(model: LoadedModel, batch: Batch, actions: list[tuple], past_key_values=None,
                attentions: bool = False, use_cache: bool = False, last: int | None = None,
                grad: bool = False, record: dict | None = None):
-    "One forward pass under nnsight with `actions` applied in execution order (logits of the `last` positions if given)."
+    "One forward pass under nnsight with `actions` applied in execution order (logits of the `last` positions)."
     saved = {}
     kw = dict(attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=use_cache)
     if past_key_values is not None: kw['past_key_values'] = past_key_values
@@ -229,8 +232,8 @@ def _run_trace(model: LoadedModel, batch: Batch, actions: list[tuple], past_key_
 @dataclass(frozen=True)
 class Edit:
     "A function run at one named site of a forward pass: it reads the value there; what it returns replaces it."
-    site: str    # in a block: a role of the adapter ('mlp', 'mlp_norm', 'attn', 'o_proj', 'mlp_down', 'q_proj', 'k_proj',
-                 # 'attn_out_norm') or a module path relative to it ('' is the block); with no layer: 'embed', 'final_norm'
+    site: str    # in a block: an adapter role ('mlp', 'mlp_norm', 'attn', 'o_proj', 'mlp_down', 'q_proj', 'k_proj',
+                 # 'attn_out_norm') or a module path in the block ('' is the block); no layer: 'embed', 'final_norm'
     fn: Callable  # fn(value) -> a tensor of the same shape that replaces it, or None (a read)
     layer: int | None = None  # the block; None for a site of the model
     at: str = 'out'           # 'out': the module's output (a block's hidden state); 'in': its first input
@@ -245,7 +248,8 @@ def _site(model: LoadedModel, edit: Edit) -> str:
     if edit.at not in ('in', 'out'): raise MultilingError(f"an edit acts at 'in' or 'out' of a module, got {edit.at!r}")
     if edit.layer is None:
         if edit.site not in _MODEL_SITES:
-            raise MultilingError(f"edit site {edit.site!r} needs a layer; sites of the whole model: {', '.join(_MODEL_SITES)}")
+            raise MultilingError(f"edit site {edit.site!r} needs a layer; sites of the whole model: "
+                                 f"{', '.join(_MODEL_SITES)}")
         return getattr(a, edit.site)
     a.check_layer(edit.layer)
     rel = getattr(a, edit.site) if edit.site in _ROLES else edit.site
@@ -317,14 +321,14 @@ def forward(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model
     res = {'logits': out.logits, 'batch': batch}
     for what in save:
         vals = [saved[(what, l)] for l in layers]
-        if what == 'heads': vals = [v.reshape(*v.shape[:2], model.adapter.n_heads, model.adapter.head_dim) for v in vals]
+        if what == 'heads': vals = [v.unflatten(-1, (model.adapter.n_heads, model.adapter.head_dim)) for v in vals]
         res[what] = torch.stack(vals)   # [n_layers_saved, b, p, ...]
     if attentions: res['attentions'] = torch.stack([out.attentions[l] for l in layers])
     return res
 
 # %% ../nbs/04_interventions.ipynb 37
 def head_means(model: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
-    "Mean per-head output (input of the output projection) over all real tokens of `texts`: [n_layers, n_heads, head_dim]."
+    "Each head's mean output (output projection input) over the real tokens of `texts`: [n_layers, n_heads, head_dim]."
     a = model.adapter
     total = torch.zeros(a.n_layers, a.n_heads, a.head_dim, device=model.device)
     count = 0
@@ -352,7 +356,8 @@ def _row_seeds(seed, n: int) -> list[int]:
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         return [int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0]) for i in range(n)]
     seeds = [int(s) for s in seed]
-    if len(seeds) != n: raise MultilingError(f"got {len(seeds)} seeds for {n} prompts: give one per prompt, or one int for all")
+    if len(seeds) != n:
+        raise MultilingError(f"got {len(seeds)} seeds for {n} prompts: give one per prompt, or one int for all")
     return seeds
 
 def _sample_next(logits: torch.Tensor, # [b, vocab] logits of the last position
@@ -389,7 +394,8 @@ def _stopped(stop, stop_every: int, counts: list[int], texts_of: Callable) -> li
 def _check_sampling(do_sample: bool, temperature: float, top_k: int | None):
     if not do_sample: return
     if not temperature > 0:
-        raise MultilingError(f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for greedy")
+        raise MultilingError(f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for "
+                             "greedy")
     if top_k is not None and int(top_k) < 1: raise MultilingError(f"top_k must be >= 1 or None, got {top_k}")
 
 def generate(model: LoadedModel | str, # a LoadedModel or a spec
@@ -398,7 +404,7 @@ def generate(model: LoadedModel | str, # a LoadedModel or a spec
              max_new_tokens: int = 20, # tokens generated at most per row (a prefix counts)
              batch_size: int = 32, # rows per forward pass
              add_bos: bool | None = None, # see `LoadedModel.encode`
-             stop: Callable[[list[str]], list[bool]] | None = None, # decoded continuations so far -> True: that row is done
+             stop: Callable[[list[str]], list[bool]] | None = None, # continuations so far -> True: that row is done
              stop_every: int = 4, # ask `stop` when a row has generated a multiple of this many tokens
              stop_at_eos: bool = True,
              progress: bool = False,
@@ -441,7 +447,8 @@ def generate(model: LoadedModel | str, # a LoadedModel or a spec
         cache, mask, pos = out.past_key_values, batch.attention_mask, batch.position_ids[:, -1:]
         while True:
             logits = out.logits[:, -1]
-            nxt = _sample_next(logits, [gens[int(i)] for i in active], temperature, top_k) if do_sample else logits.argmax(-1)
+            if do_sample: nxt = _sample_next(logits, [gens[int(i)] for i in active], temperature, top_k)
+            else: nxt = logits.argmax(-1)
             done = torch.zeros(len(active), dtype=torch.bool, device=dev)
             for j, t in enumerate(nxt.tolist()):
                 r = chunk[int(active[j])]

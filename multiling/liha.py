@@ -46,9 +46,12 @@ def parse_heads(spec: str | Sequence | None, # 'L:H,L:H', a list of (L, H), or N
     out = []
     for it in items:
         try: l, h = (int(x) for x in (it.split(':') if isinstance(it, str) else it))
-        except (ValueError, TypeError): raise MultilingError(f"bad head {it!r}: write heads as L:H,L:H (e.g. 0:1,3:2)") from None
-        if not 0 <= l < n_layers: raise MultilingError(f"layer {l} out of range: the model has {n_layers} layers (0..{n_layers-1})")
-        if not 0 <= h < n_heads: raise MultilingError(f"head {h} out of range: the model has {n_heads} heads per layer (0..{n_heads-1})")
+        except (ValueError, TypeError):
+            raise MultilingError(f"bad head {it!r}: write heads as L:H,L:H (e.g. 0:1,3:2)") from None
+        if not 0 <= l < n_layers:
+            raise MultilingError(f"layer {l} out of range: the model has {n_layers} layers (0..{n_layers-1})")
+        if not 0 <= h < n_heads:
+            raise MultilingError(f"head {h} out of range: the model has {n_heads} heads per layer (0..{n_heads-1})")
         out.append((l, h))
     if not out: raise MultilingError("no heads to sweep: give --heads L:H,... or leave it out for all heads")
     return sorted(set(out))
@@ -56,7 +59,7 @@ def parse_heads(spec: str | Sequence | None, # 'L:H,L:H', a list of (L, H), or N
 # %% ../nbs/08_liha.ipynb 10
 def switch_rates(gens: pd.DataFrame, # one row per (layer, head, lang, prompt_id) with `clean_lang`, `ablated_lang`
                  n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    "Tidy SR table: per head and language, plus language='all' (pooled), with bootstrap CI over prompts and z over heads."
+    "Tidy SR table: per head and language, plus language='all' (pooled); bootstrap CI over prompts, z over heads."
     g = gens.copy()
     g['in_lang'] = g['clean_lang'] == g['lang']
     g['switch'] = g['in_lang'] & (g['ablated_lang'] != g['lang'])
@@ -64,7 +67,8 @@ def switch_rates(gens: pd.DataFrame, # one row per (layer, head, lang, prompt_id
     rows = []
     for (l, h), d in g.groupby(['layer', 'head'], sort=True):
         for lang, dl in [('all', d), *sorted(d.groupby('lang'), key=lambda x: x[0])]:
-            n_all, n = len(dl), int(dl['in_lang'].sum()); k = int(dl['switch'].sum())
+            n_all, n = len(dl), int(dl['in_lang'].sum())
+            k = int(dl['switch'].sum())
             sw = dl.loc[dl['in_lang'], 'switch'].to_numpy(float)
             lo, hi = stats.bootstrap_ci(sw, n_boot=n_boot, seed=seed) if n else (np.nan, np.nan)
             rows.append(dict(model=model, layer=int(l), head=int(h), language=lang, n=n, n_all=n_all, switches=k,
@@ -78,13 +82,16 @@ def switch_rates(gens: pd.DataFrame, # one row per (layer, head, lang, prompt_id
 
 # %% ../nbs/08_liha.ipynb 12
 def _long_rows(prompts: pd.DataFrame, languages: list[str]) -> pd.DataFrame:
-    "A long prompt table (`id` or `prompt_id`, `lang`, `prompt`; e.g. a shard of `data.prompts_long`) as the sweep's rows."
+    "A long prompt table (`id` or `prompt_id`, `lang`, `prompt`; e.g. a shard of `data.prompts_long`) as sweep rows."
     long = prompts.rename(columns={'id': 'prompt_id'})
-    if 'prompt_id' not in long.columns: raise MultilingError("a long prompt table needs an `id` (or `prompt_id`) column")
+    if 'prompt_id' not in long.columns:
+        raise MultilingError("a long prompt table needs an `id` (or `prompt_id`) column")
     other = sorted(set(long['lang']) - set(languages))
     if other: raise MultilingError(f"prompts in {other}, which are not among the sweep's languages {languages}")
     dup = long.duplicated(['prompt_id', 'lang'])
-    if dup.any(): raise MultilingError(f"duplicated prompts (id, lang): {long.loc[dup, ['prompt_id', 'lang']].values.tolist()[:5]}")
+    if dup.any():
+        dups = long.loc[dup, ['prompt_id', 'lang']].values.tolist()[:5]
+        raise MultilingError(f"duplicated prompts (id, lang): {dups}")
     return long[['prompt_id', 'lang', 'prompt']]
 
 def _prompt_rows(prompts: pd.DataFrame, # wide (`id` + one column per language) or long (`id`, `lang`, `prompt`)
@@ -98,7 +105,8 @@ def _prompt_rows(prompts: pd.DataFrame, # wide (`id` + one column per language) 
     else:
         missing = [l for l in languages if l not in prompts.columns]
         if missing: raise MultilingError(f"the prompts have no column for {missing}")
-        long = prompts.melt(id_vars='id', value_vars=languages, var_name='lang', value_name='prompt').rename(columns={'id': 'prompt_id'})
+        long = prompts.melt(id_vars='id', value_vars=languages, var_name='lang', value_name='prompt')
+        long = long.rename(columns={'id': 'prompt_id'})
     bad = long[~long['prompt'].map(lambda s: isinstance(s, str) and s.strip() != '')]
     if len(bad): raise MultilingError(f"empty or non-text prompts: {bad[['prompt_id', 'lang']].values.tolist()[:5]}")
     return long.reset_index(drop=True)
@@ -124,11 +132,11 @@ def first_divergence(model, # a LoadedModel
                      clean_eos: list[bool], # per row, whether the clean continuation ended at EOS
                      batch_size: int = 64, # rows per forward pass
                     ) -> list[tuple[int, int] | None]:
-    "Per row, teacher-forced on the clean continuation: (k, token) where the argmax under the intervention first differs from it, or None."
+    "Per row, teacher-forced on the clean continuation: (k, token) where the intervened argmax first leaves it, or None"
     import torch
     from multiling.interventions import forward
     eos = model.tokenizer.eos_token_id
-    targets = [ids + [eos] if e else list(ids) for ids, e in zip(clean_ids, clean_eos)]  # what each position must predict
+    targets = [ids + [eos] if e else list(ids) for ids, e in zip(clean_ids, clean_eos)]  # what each position predicts
     out = [None] * len(prompts)
     order = sorted((r for r in range(len(prompts)) if targets[r]), key=lambda r: len(prompts[r]) + len(targets[r]))
     for i in range(0, len(order), batch_size):
@@ -150,15 +158,16 @@ def shortcut_generate(model, # a LoadedModel
                       max_new_tokens: int, decide_chars: int, batch_size: int = 64) -> list[str]:
     "The 'fast' method's greedy continuations under `interventions`, generating only where they leave the clean ones."
     eos = model.tokenizer.eos_token_id
-    texts = list(clean.texts); resume = []
+    texts = list(clean.texts)
+    resume = []
     for r, div in enumerate(first_divergence(model, prompts, interventions, clean.ids, clean.eos, batch_size)):
         if div is None: continue   # the argmax follows the clean continuation everywhere: greedy decoding gives it
         k, token = div
         if token == eos: texts[r] = model.tokenizer.decode(clean.ids[r][:k], skip_special_tokens=True)
         else: resume.append((r, clean.ids[r][:k] + [token]))
     if resume:
-        rest = _gen(model, [prompts[r] for r, _ in resume], [interventions[r] for r, _ in resume], 'fast', max_new_tokens,
-                    batch_size, decide_chars, prefix_ids=[p for _, p in resume])
+        rest = _gen(model, [prompts[r] for r, _ in resume], [interventions[r] for r, _ in resume], 'fast',
+                    max_new_tokens, batch_size, decide_chars, prefix_ids=[p for _, p in resume])
         for (r, _), t in zip(resume, rest): texts[r] = t
     return texts
 
@@ -178,7 +187,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
               progress: bool = False, # tqdm bar over shards
               on_shard: Callable | None = None, # called with the shard name after each shard is written (tests)
              ) -> pd.DataFrame:
-    "Generations table (model, layer, head, lang, prompt_id, clean/ablated text and language) of the head-ablation sweep."
+    "The head-ablation sweep's generations (model, layer, head, lang, prompt_id, clean/ablated text and language)."
     from tqdm.auto import tqdm
     from multiling.models import load_model
     from multiling.interventions import Intervention, ablate_heads
@@ -198,10 +207,12 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     ckpt = checkpoints(out_dir, key, resume, what='LIHA sweep')
     shard = lambda name, fn: ckpt.piece(name, fn, on_write=on_shard)
     texts = rows['prompt'].tolist()
+    gen = lambda prompts, ivs, **kw: _gen(model, prompts, ivs, method, max_new_tokens, batch_size, decide_chars, **kw)
 
     clean_memo = []
-    def clean_generation():   # token ids too: the shortcut teacher-forces them (run again if the clean shard was resumed)
-        if not clean_memo: clean_memo.append(_gen(model, texts, Intervention(), method, max_new_tokens, batch_size, decide_chars, return_ids=True))
+    def clean_generation():   # token ids too, which the shortcut teacher-forces (run again if the clean shard was read)
+        if not clean_memo:
+            clean_memo.append(gen(texts, Intervention(), return_ids=True))
         return clean_memo[0]
 
     def clean():
@@ -211,19 +222,22 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     def layer_shard(hs):
         def fn():
             if method == 'naive':
-                outs = [_gen(model, texts, ablate_heads(h), method, max_new_tokens, batch_size, decide_chars) for h in hs]
+                outs = [gen(texts, ablate_heads(h)) for h in hs]
             elif method == 'shortcut':
-                g = clean_generation(); n = len(hs)
-                flat = shortcut_generate(model, texts * n, [ablate_heads(h) for h in hs for _ in texts],
-                                         type(g)(g.texts * n, g.ids * n, g.eos * n), max_new_tokens, decide_chars, batch_size)
+                g = clean_generation()
+                n = len(hs)
+                clean_n = type(g)(g.texts * n, g.ids * n, g.eos * n)
+                flat = shortcut_generate(model, texts * n, [ablate_heads(h) for h in hs for _ in texts], clean_n,
+                                         max_new_tokens, decide_chars, batch_size)
                 outs = [flat[i * len(texts):(i + 1) * len(texts)] for i in range(n)]
             else:
-                flat = _gen(model, texts * len(hs), [ablate_heads(h) for h in hs for _ in texts], method, max_new_tokens, batch_size, decide_chars)
+                flat = gen(texts * len(hs), [ablate_heads(h) for h in hs for _ in texts])
                 outs = [flat[i * len(texts):(i + 1) * len(texts)] for i in range(len(hs))]
             parts = []
             for (l, h), o in zip(hs, outs):
                 o = [decision_text(t, decide_chars) for t in o]
-                parts.append(rows[['prompt_id', 'lang']].assign(layer=l, head=h, ablated_text=o, ablated_lang=detect(o)))
+                part = rows[['prompt_id', 'lang']].assign(layer=l, head=h)
+                parts.append(part.assign(ablated_text=o, ablated_lang=detect(o)))
             return pd.concat(parts, ignore_index=True)
         return fn
 
@@ -234,7 +248,8 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
              for l, hs in tqdm(by_layer.items(), disable=not progress, desc=f'LIHA {method}')]
     gens = pd.concat(parts, ignore_index=True).merge(clean_df, on=['prompt_id', 'lang'], how='left')
     gens.insert(0, 'model', model.name)
-    cols = ['model', 'layer', 'head', 'lang', 'prompt_id', 'prompt', 'clean_text', 'ablated_text', 'clean_lang', 'ablated_lang']
+    cols = ['model', 'layer', 'head', 'lang', 'prompt_id', 'prompt', 'clean_text', 'ablated_text', 'clean_lang',
+            'ablated_lang']
     gens = gens.merge(rows, on=['prompt_id', 'lang'], how='left')[cols]
     return gens.sort_values(['layer', 'head', 'lang', 'prompt_id'], kind='stable').reset_index(drop=True)
 
@@ -248,18 +263,23 @@ def broadcasters(model, # a LoadedModel
     from multiling.interventions import forward
     pairs = gens.drop_duplicates(['lang', 'prompt_id'])[['lang', 'prompt_id', 'prompt', 'clean_text']]
     pairs = pairs[pairs['clean_text'].str.len() > 0]
-    a = model.adapter; tot = torch.zeros(a.n_layers, a.n_heads, dtype=torch.float64); cnt = 0
+    a = model.adapter
+    tot = torch.zeros(a.n_layers, a.n_heads, dtype=torch.float64)
+    cnt = 0
     for i in range(0, len(pairs), batch_size):
         chunk = pairs.iloc[i:i + batch_size]
         full = (chunk['prompt'] + chunk['clean_text']).tolist()
         plen = model.encode(chunk['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
         batch = model.encode(full, add_bos=add_bos)
         with torch.no_grad(): att = forward(model, batch, attentions=True)['attentions']  # [L, b, H, q, k]
-        mask = batch.attention_mask; width = mask.shape[1]; first = width - mask.sum(1)
+        mask = batch.attention_mask
+        width = mask.shape[1]
+        first = width - mask.sum(1)
         for j in range(len(chunk)):
             gen_q = torch.arange(int(first[j] + plen[j]), width)
             if len(gen_q) == 0: continue
-            tot += att[:, j, :, gen_q, int(first[j])].double().mean(-1).cpu(); cnt += 1
+            tot += att[:, j, :, gen_q, int(first[j])].double().mean(-1).cpu()
+            cnt += 1
     mean = (tot / max(cnt, 1)).numpy()
     return pd.DataFrame([dict(layer=l, head=h, add_bos=add_bos, first_token_attention=float(mean[l, h]), n=cnt)
                          for l in range(a.n_layers) for h in range(a.n_heads)])
@@ -267,21 +287,31 @@ def broadcasters(model, # a LoadedModel
 def summarize(table: pd.DataFrame, # from `switch_rates` (language == 'all' rows are used)
              ) -> dict:
     "Headline numbers of a sweep: max SR, heads at SR = 0, z of the top head, share of SR mass per layer."
-    t = table[table['language'] == 'all'].assign(switch_rate=lambda d: d['switch_rate'].fillna(0))  # no clean in-language pair: 0
+    # a head without a clean in-language pair: SR 0
+    t = table[table['language'] == 'all'].assign(switch_rate=lambda d: d['switch_rate'].fillna(0))
     top = t.loc[t['switch_rate'].idxmax()]
-    mass = t.groupby('layer')['switch_rate'].sum(); mass = mass / mass.sum() if mass.sum() > 0 else mass
-    return dict(max_sr=float(top['switch_rate']), top_head=f"L{int(top['layer'])}H{int(top['head'])}", top_z=float(top['z']),
-                heads_sr0=int((t['switch_rate'] == 0).sum()), n_heads=len(t), sr_mass_by_layer=mass.round(4).to_dict())
+    mass = t.groupby('layer')['switch_rate'].sum()
+    mass = mass / mass.sum() if mass.sum() > 0 else mass
+    return dict(max_sr=float(top['switch_rate']), top_head=f"L{int(top['layer'])}H{int(top['head'])}",
+                top_z=float(top['z']), heads_sr0=int((t['switch_rate'] == 0).sum()), n_heads=len(t),
+                sr_mass_by_layer=mass.round(4).to_dict())
 
 def liha_cli(argv: list[str] | None = None):
     "Console script `multiling_liha`: run the sweep, write generations (parquet) and the SR table (csv)."
     p = argparse.ArgumentParser('multiling_liha', description='LIHA head-ablation sweep')
-    p.add_argument('--model', required=True); p.add_argument('--languages', default=','.join(STUDY_LANGUAGES))
-    p.add_argument('--prompts', default=None); p.add_argument('--n-prompts', default=None)
-    p.add_argument('--max-new-tokens', default='16'); p.add_argument('--decide-chars', default='48')
-    p.add_argument('--out', required=True); p.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument('--method', default='fast', choices=list(METHODS)); p.add_argument('--heads', default=None)
-    p.add_argument('--batch-size', default='64'); p.add_argument('--device', default='cpu'); p.add_argument('--dtype', default='auto')
+    p.add_argument('--model', required=True)
+    p.add_argument('--languages', default=','.join(STUDY_LANGUAGES))
+    p.add_argument('--prompts', default=None)
+    p.add_argument('--n-prompts', default=None)
+    p.add_argument('--max-new-tokens', default='16')
+    p.add_argument('--decide-chars', default='48')
+    p.add_argument('--out', required=True)
+    p.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument('--method', default='fast', choices=list(METHODS))
+    p.add_argument('--heads', default=None)
+    p.add_argument('--batch-size', default='64')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--dtype', default='auto')
     a = p.parse_args(argv)
     try:
         from multiling.core import provenance, save_table
@@ -295,13 +325,14 @@ def liha_cli(argv: list[str] | None = None):
         from multiling.models import load_model
         m = load_model(a.model, device=a.device, dtype=a.dtype)
         out = Path(a.out)
-        gens = liha_generations(m, prompts, langs, out / 'liha_shards', heads=a.heads, method=a.method, max_new_tokens=mnt,
-                         decide_chars=dc, batch_size=bs, resume=a.resume, progress=True)
+        gens = liha_generations(m, prompts, langs, out / 'liha_shards', heads=a.heads, method=a.method,
+                                max_new_tokens=mnt, decide_chars=dc, batch_size=bs, resume=a.resume, progress=True)
         prov = provenance(a.model, vars(a), notebook='multiling_liha', weights_hash=m.weights_hash)
         save_table(gens, 'liha_generations', out, prov, fmt='parquet')
         save_table(switch_rates(gens), 'liha_switch_rates', out, prov)
     except MultilingError as e:
-        print(f"multiling_liha: error: {e}", file=sys.stderr); sys.exit(2)
+        print(f"multiling_liha: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 def _num(s, name):
     try: return int(s)
@@ -332,7 +363,8 @@ class LihaParams(NotebookParams):
 
     def __post_init__(self):
         if self.n_compensation_heads is not None and self.top_k is not None and self.n_compensation_heads > self.top_k:
-            raise MultilingError(f"n_compensation_heads ({self.n_compensation_heads}) must be at most top_k ({self.top_k})")
+            raise MultilingError(f"n_compensation_heads ({self.n_compensation_heads}) must be at most top_k "
+                                 f"({self.top_k})")
 
 
 # %% ../nbs/08_liha.ipynb 21
@@ -343,14 +375,16 @@ def _unembed_weight(model):
 def language_token_weights(model, # a LoadedModel
                            texts: dict, # {language: [texts in that language]}, at least two languages
                           ) -> dict:
-    "Per language, vocabulary weights c: its token frequencies (summing to 1) minus the mean of the other languages' frequencies."
+    "Per language, vocabulary weights c: its token frequencies (summing to 1) minus the other languages' mean."
     import torch
     if not isinstance(texts, dict) or len(texts) < 2:
         raise MultilingError("language directions need texts of at least two languages: give {language: [texts], ...}")
-    vocab = _unembed_weight(model).shape[0]; freq = {}
+    vocab = _unembed_weight(model).shape[0]
+    freq = {}
     for lang, ts in texts.items():
         ids = [i for t in ts if isinstance(t, str) for i in model.tokenizer(t, add_special_tokens=False).input_ids]
-        if not ids: raise MultilingError(f"no tokens for language {lang!r}: give at least one non-empty text per language")
+        if not ids:
+            raise MultilingError(f"no tokens for language {lang!r}: give at least one non-empty text per language")
         f = torch.bincount(torch.tensor(ids), minlength=vocab).double()
         freq[lang] = f / f.sum()
     return {l: f - torch.stack([g for k, g in freq.items() if k != l]).mean(0) for l, f in freq.items()}
@@ -399,7 +433,7 @@ def final_norm_scale(model, # a LoadedModel
     return norm_scale(model, model.adapter.get(model.hf, model.adapter.final_norm), resid)
 
 def attn_norm_scale(model, # a LoadedModel
-                    attn_out, # [n_layers, b, p, d_model] attention outputs (o_proj outputs, `forward(save=['attn_out'])`)
+                    attn_out, # [n_layers, b, p, d_model] attention outputs (o_proj's, `forward(save=['attn_out'])`)
                    ) -> 'torch.Tensor | None':
     "[n_layers, b, p] scale of the norm applied to each attention output (Gemma-2/3); None for families without one."
     import torch
@@ -409,7 +443,7 @@ def attn_norm_scale(model, # a LoadedModel
     return torch.stack([norm_scale(model, a.get(model.hf, path, l), attn_out[l]) for l in range(a.n_layers)])
 
 def readout(model, # a LoadedModel
-            direction, # [d_model] or [b, d_model]: direction(s) in the final norm's output space (`language_directions`)
+            direction, # [d_model] or [b, d_model]: direction(s) in the final norm's output space (language_directions)
            ) -> 'torch.Tensor':
     "w with direction . (gamma * P(x)) = w . x, so that a component x's DLA is w . x / scale (P is symmetric)."
     n = final_norm_linear(model)
@@ -420,8 +454,10 @@ def o_proj_heads(model, # a LoadedModel
                  layer: int) -> 'torch.Tensor':
     "Layer `layer`'s attention output projection as per-head blocks [n_heads, head_dim, d_model] (W as [in, out])."
     from multiling.models import linear_shape
-    a = model.adapter; mod = a.get(model.hf, a.o_proj, layer)
-    W = mod.weight.detach() if type(mod).__name__ == 'Conv1D' else mod.weight.detach().T  # GPT-2's Conv1D stores [in, out], Linear [out, in]
+    a = model.adapter
+    mod = a.get(model.hf, a.o_proj, layer)
+    # GPT-2's Conv1D stores its weight as [in, out], a Linear as [out, in]
+    W = mod.weight.detach() if type(mod).__name__ == 'Conv1D' else mod.weight.detach().T
     assert tuple(W.shape) == linear_shape(mod)
     return W.reshape(a.n_heads, a.head_dim, W.shape[1])
 
@@ -429,14 +465,17 @@ def head_dla(model, # a LoadedModel
              heads, # [n_layers, b, p, n_heads, head_dim] head outputs (o_proj inputs) saved by `interventions.forward`
              w, # [b, d_model] read-out vectors (`readout`), one per row
              scale, # [b, p] final-norm scale (`final_norm_scale`; the clean run's, frozen, for an ablated run)
-             attn_scale=None, # [n_layers, b, p] `attn_norm_scale` of this run; needed where the adapter has an `attn_out_norm`
+             attn_scale=None, # [n_layers, b, p] this run's `attn_norm_scale`, where the adapter has an `attn_out_norm`
             ) -> 'torch.Tensor':
-    "Direct logit attribution [n_layers, b, p, n_heads] of every head: (z_h W_O,h) . w / scale (through the attention-output norm where there is one)."
+    "Direct logit attribution [n_layers, b, p, n_heads] of each head: (z_h W_O,h) . w / scale (via an attn-out norm)."
     import torch
-    a = model.adapter; post = a.attn_out_norm
-    if heads.shape[0] != a.n_layers: raise MultilingError(f"head_dla needs the heads of all {a.n_layers} layers, got {heads.shape[0]}")
+    a = model.adapter
+    post = a.attn_out_norm
+    if heads.shape[0] != a.n_layers:
+        raise MultilingError(f"head_dla needs the heads of all {a.n_layers} layers, got {heads.shape[0]}")
     if post is not None and attn_scale is None:
-        raise MultilingError(f"{a.family} normalises the attention output before the residual: give attn_scale (liha.attn_norm_scale)")
+        raise MultilingError(f"{a.family} normalises the attention output before the residual: give attn_scale "
+                             "(liha.attn_norm_scale)")
     out = []
     for l in range(a.n_layers):
         wl = w.double()
@@ -494,12 +533,12 @@ def _position_weights(model, rows, batch, add_bos):
     return pw, first
 
 def _head_metrics(model, batch, pw, first, w, scale, iv):
-    "Per row and head: DLA (final-norm `scale`; None: this run's) and attention to the first real token, averaged with `pw`."
+    "Per row and head: DLA (final-norm `scale`; None: this run's) and attention to the first real token (weights pw)"
     import torch
     from multiling.interventions import forward
     post = model.adapter.attn_out_norm is not None
     save = ['heads', 'resid'] + (['attn_out'] if post else [])
-    r = forward(model, batch, interventions=iv, save=save, attentions=True, last=1)  # logits unused: unembed one position
+    r = forward(model, batch, interventions=iv, save=save, attentions=True, last=1)  # logits unused: one position
     if scale is None: scale = final_norm_scale(model, r['resid'][-1])
     attn_scale = attn_norm_scale(model, r['attn_out']) if post else None  # this run's own: the heads' actual shares
     dla = torch.einsum('lbph,bp->blh', head_dla(model, r['heads'], w, scale, attn_scale), pw)
@@ -512,20 +551,22 @@ def _directions_for(model, rows, directions, languages):
         directions = language_directions(model, {l: rows.loc[rows['lang'] == l, 'prompt'].tolist() for l in languages})
     missing = [l for l in languages if l not in directions]
     if missing:
-        raise MultilingError(f"no language direction for {missing}: compute them with language_directions for every prompt language")
+        raise MultilingError(f"no language direction for {missing}: compute them with language_directions for every "
+                             "prompt language")
     return directions
 
 def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
                       prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`)
                       languages: str | list[str] = STUDY_LANGUAGES, # prompt languages
                       heads=None, # heads to ablate, one at a time: 'L:H,...' or list of (L, H)
-                      directions: dict | None = None, # {language: [d_model] direction} (`language_directions`); None: from the prompts
-                      continuations: pd.DataFrame | None = None, # prompt_id, lang, clean_text (the sweep's generations); None: last prompt position
+                      directions: dict | None = None, # {language: [d_model] direction}; None: from the prompts
+                      continuations: pd.DataFrame | None = None, # prompt_id, lang, clean_text (the sweep's
+                                                                 # generations); None: the last prompt position
                       add_bos: bool | None = None, # see `LoadedModel.encode`
                       batch_size: int = 64, # rows per forward pass
                       progress: bool = False, # tqdm bar over batches
                      ) -> CompensationRuns:
-    "Every head's DLA and first-token attention per row, clean and with each of `heads` ablated (clean final-norm scale)."
+    "Every head's DLA and first-token attention per row, clean and with each of `heads` ablated (clean final scale)."
     import torch
     from tqdm.auto import tqdm
     from multiling.models import load_model
@@ -550,7 +591,7 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
             clean['dla'].append(dla)
             clean['first_token_attention'].append(ft)
             for k, h in enumerate(heads):
-                dla, ft, _ = _head_metrics(model, batch, pw, first, w, scale, ablate_heads(h))  # the clean scale, frozen
+                dla, ft, _ = _head_metrics(model, batch, pw, first, w, scale, ablate_heads(h))  # the clean scale, held
                 abl['dla'][k].append(dla)
                 abl['first_token_attention'][k].append(ft)
     return CompensationRuns(model=model.name, rows=rows, heads=list(heads),
@@ -563,7 +604,7 @@ def _relation(l, h, al, ah):
 def compensation_table(runs: CompensationRuns, # from `compensation_runs`
                        test: str = 'wilcoxon', # paired test across rows: 'wilcoxon', 'ttest' or 'permutation'
                       ) -> pd.DataFrame:
-    "Tidy table: per ablated head, every head's mean DLA and first-token attention, clean vs ablated, paired p and BH q."
+    "Per ablated head, every head's mean DLA and first-token attention, clean vs ablated, paired p and BH q."
     out = []
     n_layers, n_heads = runs.clean['dla'].shape[1:]
     for k, (al, ah) in enumerate(runs.heads):
@@ -581,8 +622,8 @@ def compensation_table(runs: CompensationRuns, # from `compensation_runs`
             part['q'] = part['p']  # the ablated head itself: a family of one
             part.loc[other, 'q'] = stats.benjamini_hochberg(part.loc[other, 'p'].to_numpy())
             out.append(part)
-    cols = ['model', 'ablated_layer', 'ablated_head', 'layer', 'head', 'relation', 'metric', 'mean_clean', 'mean_ablated',
-            'delta', 'p', 'q', 'n_prompts']
+    cols = ['model', 'ablated_layer', 'ablated_head', 'layer', 'head', 'relation', 'metric', 'mean_clean',
+            'mean_ablated', 'delta', 'p', 'q', 'n_prompts']
     return pd.concat(out, ignore_index=True)[cols]
 
 def compensation(model, # a LoadedModel (or spec for `models.load_model`)
@@ -641,11 +682,11 @@ def _ratio_ci(num, den, n_boot, seed):
     lo, hi = stats.bootstrap_ci(np.arange(len(num)), stat=ratio, n_boot=n_boot, seed=seed)
     return float(num.mean() / den.mean()), lo, hi
 
-def compensation_specificity(runs: CompensationRuns, # from `compensation_runs`, with the top heads and their controls ablated
+def compensation_specificity(runs: CompensationRuns, # `compensation_runs` with the top heads and their controls ablated
                              controls: dict, # {top head: [control heads]} (`control_heads`)
                              n_boot: int = 2000, # bootstrap resamples over rows
                              seed: int = 0) -> pd.DataFrame:
-    "Per top head and scope: lost and recovered DLA for it and its controls, recovered shares, excess recovery with CI and p."
+    "Per top head and scope: lost and recovered DLA for it and its controls, recovered shares, excess recovery, CI, p."
     out = []
     for top, ctrls in controls.items():
         if not ctrls: raise MultilingError(f"no control heads for L{top[0]}H{top[1]}")
@@ -671,7 +712,7 @@ def compensation_specificity(runs: CompensationRuns, # from `compensation_runs`,
 
 # %% ../nbs/08_liha.ipynb 34
 def _layer_dla(model, rows, directions, iv, add_bos, batch_size):
-    "[n_rows, n_layers]: per row, each layer's heads' write onto the read-out of the language direction (no final-norm division)."
+    "[n_rows, n_layers]: per row, what each layer's heads write onto the language read-out (no final-norm division)."
     import torch
     out = []
     for i in range(0, len(rows), batch_size):
@@ -694,7 +735,7 @@ def generation_layer_change(model, # a LoadedModel (or spec for `models.load_mod
                             n_boot: int = 1000, seed: int = 0,
                             progress: bool = False, # tqdm bar over heads
                            ) -> pd.DataFrame:
-    "Per ablated head and layer: change of what the layer's heads write onto the language read-out, each run on its own continuation."
+    "Per ablated head and layer: change of what its heads write onto the language read-out, each run on its own text."
     from tqdm.auto import tqdm
     from multiling.models import load_model
     from multiling.interventions import Intervention, ablate_heads

@@ -219,7 +219,9 @@ def tiny_hf_model(family: str = 'gpt2', # one of TINY_FAMILIES
 def _parameter_values(hf):
     "(name, tensor) of every parameter; a parameter offloaded by accelerate (on the meta device) is read from its offload map."
     for name, p in hf.named_parameters():
-        if p.device.type != 'meta': yield name, p; continue
+        if p.device.type != 'meta':
+            yield name, p
+            continue
         owner, _, attr = name.rpartition('.')
         weights = getattr(getattr(hf.get_submodule(owner), '_hf_hook', None), 'weights_map', None)
         if weights is None: raise MultilingError(f"parameter {name} is on the meta device and has no offloaded copy: the model is not fully loaded")
@@ -275,7 +277,8 @@ class LoadedModel:
     @functools.cached_property
     def adds_bos(self) -> bool:
         "Whether the tokenizer starts a text with its BOS token (Llama, Gemma, the organisms: yes; GPT-2: no)."
-        tok = self.tokenizer; bos = tok.bos_token_id
+        tok = self.tokenizer
+        bos = tok.bos_token_id
         return bos is not None and tok('a').input_ids[:1] == [bos]
     @property
     def context_length(self) -> int:
@@ -408,11 +411,13 @@ def prepare_offline_model(name: str, # a key of OFFLINE_PRETRAINED
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # a GGUF-loaded model refuses save_pretrained until its quantizer is cleared
-    hf.hf_quantizer = None; hf.is_quantized = False
+    hf.hf_quantizer = None
+    hf.is_quantized = False
     if hasattr(hf.config, 'quantization_config'): del hf.config.quantization_config
     tmp = out.with_name(out.name + '.partial')
     shutil.rmtree(tmp, ignore_errors=True)
-    hf.save_pretrained(tmp); tok.save_pretrained(tmp)
+    hf.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
     (tmp / 'multiling_source.json').write_text(json.dumps({**OFFLINE_PRETRAINED[name], 'gguf': gguf.name}, indent=1))
     os.replace(tmp, out)
     return out
@@ -464,7 +469,8 @@ def load_model(spec, # HF id ('gpt2', 'Qwen/Qwen2.5-1.5B'), a local folder, or a
     if not isinstance(spec, (str, Path)) or not str(spec).strip(): raise MultilingError(f"model spec must be a non-empty string, got {spec!r}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     spec = str(spec).strip()
-    device = resolve_device(device); torch_dtype = resolve_dtype(dtype, device)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
     path, source = model_path(spec, models_dir)
     where = str(path) if path else spec
     kw = dict(dtype=torch_dtype, attn_implementation=attn_implementation)

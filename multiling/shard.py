@@ -108,7 +108,8 @@ def make_shards(n_heads: int, # number of heads (or units) in the sweep
                 prompts_per_shard: int | None = None, # default: all prompts in every shard
                ) -> list[Shard]:
     "Cut the grid heads x prompts into shards, heads-major; the same arguments always give the same shards."
-    n_heads = check_param('n_heads', n_heads, int, 1); n_prompts = check_param('n_prompts', n_prompts, int, 1)
+    n_heads = check_param('n_heads', n_heads, int, 1)
+    n_prompts = check_param('n_prompts', n_prompts, int, 1)
     hs = check_param('heads_per_shard', heads_per_shard or n_heads, int, 1)
     ps = check_param('prompts_per_shard', prompts_per_shard or n_prompts, int, 1)
     shards = []
