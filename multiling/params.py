@@ -4,12 +4,14 @@
 
 # %% ../nbs/00_params.ipynb 3
 from __future__ import annotations
+import re
 from dataclasses import dataclass, field, fields
 from typing import Callable
-from .core import MultilingError, check_param
+from .core import MultilingError, check_param, parse_languages, SCRIPT_OF
 
 # %% auto 0
-__all__ = ['param', 'NotebookParams']
+__all__ = ['DTYPES', 'MODEL_HELP', 'param', 'NotebookParams', 'numbers', 'names', 'int_or', 'languages', 'device', 'model_param',
+           'out_dir_param', 'fig_dir_param', 'device_param', 'dtype_param', 'seed_param', 'ScriptStudyParams']
 
 # %% ../nbs/00_params.ipynb 4
 def param(kind: type, # int, float, bool, str, or another type given with `convert`
@@ -17,7 +19,7 @@ def param(kind: type, # int, float, bool, str, or another type given with `conve
           min=None, max=None, # bounds of a number
           choices=None, # the allowed values
           convert: Callable | None = None, # turns the given value into the parameter (e.g. `core.parse_languages`); raises on bad input
-          optional: bool = False, # None is allowed (and kept as None)
+          optional: bool = False, # None (or the text 'None') is allowed and kept as None
          ):
     "A dataclass field declaring one notebook parameter (its default value lives in the notebook's parameters cell)."
     return field(default=None, metadata=dict(kind=kind, help=help, min=min, max=max, choices=choices, convert=convert,
@@ -39,10 +41,13 @@ class NotebookParams:
         values = {}
         for f in fields(cls):
             spec, v = f.metadata, ns[f.name]
-            if v is None and spec['optional']:
+            if spec['optional'] and (v is None or v == 'None'):   # papermill's `-p x None` may arrive as text
                 values[f.name] = None
                 continue
-            if spec['convert'] is not None: v = spec['convert'](v)
+            if spec['convert'] is not None:
+                try: v = spec['convert'](v)
+                except MultilingError as e:   # a converter's message says what is wrong; this says where
+                    raise MultilingError(f"parameter {f.name!r}: {e}") from None
             elif spec['kind'] in (int, float, bool, str): v = check_param(f.name, v, spec['kind'], spec['min'], spec['max'])
             elif not isinstance(v, spec['kind']):
                 raise MultilingError(f"parameter {f.name!r} must be a {spec['kind'].__name__}, got {v!r}")
@@ -60,3 +65,100 @@ class NotebookParams:
         "One line per parameter: name, type, meaning."
         return '\n'.join(f"{f.name} ({f.metadata['kind'].__name__}{', optional' if f.metadata['optional'] else ''}): "
                          f"{f.metadata['help']}" for f in fields(cls))
+
+# %% ../nbs/00_params.ipynb 8
+def _range_text(min, max) -> str:
+    return ('' if min is None else f', each >= {min}') + ('' if max is None else f', each <= {max}')
+
+def _items(value) -> list:
+    "The items of a list given as a list or tuple, or as comma-separated text (or one number)."
+    if isinstance(value, (list, tuple)): return list(value)
+    return [] if value is None else str(value).split(',')
+
+def numbers(kind: type = int, # int or float
+            min=None, max=None, # bounds of every number
+           ) -> Callable:
+    "A `convert`: numbers given as '1,2,3' (or one number, or a list) -> a sorted list of `kind` without repeats."
+    what = 'whole numbers' if kind is int else 'numbers'
+    def convert(value):
+        try: out = [check_param('value', x, kind, min, max) for x in _items(value) if str(x).strip()]
+        except MultilingError: raise MultilingError(f"must be comma-separated {what}{_range_text(min, max)}, got {value!r}") from None
+        if not out: raise MultilingError(f"must hold at least one number, got {value!r}")
+        return sorted(set(out))
+    return convert
+
+def names(choices=None, # the allowed names; None: any
+          empty: bool = False, # '' (or None) is allowed and gives []
+         ) -> Callable:
+    "A `convert`: names given as 'a,b' (or a list) -> a list of stripped names, in order, without repeats."
+    def convert(value):
+        out = [str(x).strip() for x in _items(value) if str(x).strip()]
+        if not out and not empty: raise MultilingError(f"must name at least one, got {value!r}")
+        bad = [x for x in out if choices is not None and x not in choices]
+        if bad: raise MultilingError(f"{bad} not among {', '.join(choices)}")
+        if len(set(out)) != len(out): raise MultilingError(f"names a value twice: {out}")
+        return out
+    return convert
+
+def int_or(*words: str, # the words allowed besides a number (e.g. 'auto')
+           min=None) -> Callable:
+    "A `convert`: one of `words`, or a whole number >= `min`."
+    def convert(value):
+        if value in words: return value
+        try: return check_param('value', value, int, min)
+        except MultilingError:
+            raise MultilingError(f"must be {' or '.join(map(repr, words))} or a whole number{_range_text(min, None)}, "
+                                 f"got {value!r}") from None
+    return convert
+
+def languages(allowed: list[str] | None = None, # codes accepted; default: every code of `core.ALL_LANGUAGES`
+              at_least: int = 1) -> Callable:
+    "A `convert`: language codes given as 'en,fr' (or a list) -> a checked list (`core.parse_languages`)."
+    def convert(value):
+        langs = parse_languages(value, allowed)
+        if len(langs) < at_least: raise MultilingError(f"needs at least {at_least} languages, got {langs}")
+        return langs
+    return convert
+
+def device(value) -> str:
+    "A `convert`: a device name as `models.load_model` takes it ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'), kept as given."
+    if not isinstance(value, str) or not re.fullmatch(r'auto|cpu|cuda(:\d+)?|mps', value):
+        raise MultilingError(f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}")
+    return value
+
+DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+MODEL_HELP = 'an offline name (models.offline_names()), a local folder or a Hugging Face id'
+
+def model_param(help: str = MODEL_HELP): return param(str, help)
+def out_dir_param(): return param(str, 'folder of the tables (relative paths start at the repository root)')
+def fig_dir_param(): return param(str, 'folder of the figures')
+def device_param(): return param(str, "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (a GPU when there is one)", convert=device)
+def dtype_param(): return param(str, "'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16' or 'float16'",
+                                choices=DTYPES)
+def seed_param(): return param(int, 'random seed', min=0)
+
+# %% ../nbs/00_params.ipynb 11
+@dataclass
+class ScriptStudyParams(NotebookParams):
+    "The parameters of the script study (nbs/22_script_study.ipynb): the LIHA sweep on Latin and non-Latin languages."
+    model: str = model_param()
+    languages: list = param(list, 'prompt languages, of both Latin and non-Latin scripts', convert=languages(at_least=2))
+    prompts: str = param(str, 'prompt CSV with id + one column per language; None: the committed set', optional=True)
+    n_prompts: int = param(int, 'prompts per language', min=1)
+    max_new_tokens: int = param(int, 'tokens generated at most per continuation', min=1)
+    decide_chars: int = param(int, 'characters of a continuation its language is decided on', min=1)
+    out_dir: str = out_dir_param()
+    fig_dir: str = fig_dir_param()
+    device: str = device_param()
+    dtype: str = dtype_param()
+    seed: int = seed_param()
+    batch_size: int = param(int, 'rows per forward pass', min=1)
+    method: str = param(str, "sweep engine (the same table): 'fast' or 'naive'", choices=('fast', 'naive'))
+    resume: bool = param(bool, 'reuse checkpoint shards of the same sweep')
+    top_k: int = param(int, 'top heads listed per script group and script', min=1)
+    n_boot: int = param(int, 'bootstrap resamples for the intervals', min=100)
+
+    def __post_init__(self):
+        scripts = {SCRIPT_OF[l] == 'Latin' for l in self.languages or []}
+        if self.languages is not None and scripts != {True, False}:
+            raise MultilingError(f"languages {self.languages} need both Latin and non-Latin scripts (e.g. en,fr,ru,zh)")

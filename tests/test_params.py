@@ -6,7 +6,7 @@ import pytest, yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.name for p in (ROOT / 'nbs').glob('2[0-9]_*.ipynb'))
-NOT_YET = {'21_base_vs_instruct.ipynb', '22_script_study.ipynb', '23_clt_steering.ipynb', '24_language_control.ipynb',
+NOT_YET = {'21_base_vs_instruct.ipynb', '23_clt_steering.ipynb', '24_language_control.ipynb',
            '25_language_neurons.ipynb', '26_retrieval_heads.ipynb', '27_organism_quality.ipynb'}  # being converted
 
 
@@ -21,7 +21,7 @@ def params_class(nb: Path):
     code = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code')
     m = re.search(r'(\w+Params)\.from_namespace\(globals\(\)\)', code)
     assert m, f'{nb.name} does not build its parameters with <Study>Params.from_namespace(globals())'
-    for mod in ('liha', 'lens', 'neurons', 'retrieval', 'clt', 'organisms', 'tasks', 'finetune'):
+    for mod in ('params', 'liha', 'lens', 'neurons', 'retrieval', 'clt', 'organisms', 'tasks', 'finetune'):
         try: module = importlib.import_module(f'multiling.{mod}')
         except ImportError: continue
         if hasattr(module, m.group(1)): return getattr(module, m.group(1))
