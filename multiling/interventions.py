@@ -11,8 +11,8 @@ from .core import MultilingError, check_param
 from .models import Batch, LoadedModel, load_model, linear_shape, walk
 
 # %% auto 0
-__all__ = ['FREEZE', 'UnitForce', 'Steer', 'Intervention', 'ablate_heads', 'module_events', 'encode', 'Edit', 'forward',
-           'head_means', 'Generation', 'generate']
+__all__ = ['FREEZE', 'UnitForce', 'Steer', 'Intervention', 'ablate_heads', 'module_events', 'Edit', 'forward', 'head_means',
+           'Generation', 'generate']
 
 # %% ../nbs/04_interventions.ipynb 5
 @dataclass(frozen=True)
@@ -80,15 +80,7 @@ def _rank(model: LoadedModel, name: str, at: str, what: str) -> int:
     if (name, at) not in events: raise MultilingError(f"{what}: the model has no module {name!r} (or it does not run)")
     return events[(name, at)]
 
-# %% ../nbs/04_interventions.ipynb 10
-def encode(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model`)
-           texts: Sequence[str], # prompts
-           add_bos: bool | None = None, # see `LoadedModel.encode`
-           max_length: int | None = None, suffix_ids: Sequence[Sequence[int]] | None = None) -> Batch:
-    "Transitional name (issue 19): `model.encode(texts, ...)`, kept while `multiling.lens` imports it."
-    return load_model(model).encode(texts, add_bos=add_bos, max_length=max_length, suffix_ids=suffix_ids)
-
-# %% ../nbs/04_interventions.ipynb 12
+# %% ../nbs/04_interventions.ipynb 11
 def _rows(interventions, n: int) -> list[Intervention]:
     if interventions is None: return [Intervention()] * n
     if isinstance(interventions, Intervention): return [interventions] * n
@@ -151,7 +143,7 @@ def _plan(model: LoadedModel, rows: list[Intervention]) -> list[tuple]:
         actions.append((_rank(model, name, 'out', 'steer'), 'steer', name, payload))
     return actions
 
-# %% ../nbs/04_interventions.ipynb 14
+# %% ../nbs/04_interventions.ipynb 13
 _SAVE_SITES = {'resid': ('', 'out'), 'heads': ('o_proj', 'in'), 'attn_out': ('o_proj', 'out'),
                'mlp_in': ('mlp_norm', 'out'), 'neurons': ('mlp_down', 'in'), 'mlp_out': ('mlp', 'out')}
 
@@ -171,7 +163,7 @@ def _save_actions(model: LoadedModel, save: Sequence[str], layers) -> list[tuple
             acts.append((rank + 0.5, 'save_' + at, name, (what, l)))
     return acts
 
-# %% ../nbs/04_interventions.ipynb 15
+# %% ../nbs/04_interventions.ipynb 14
 def _first(x): return x[0] if isinstance(x, tuple) else x
 def _with_first(out, h): return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
 
@@ -228,7 +220,7 @@ def _run_trace(model: LoadedModel, batch: Batch, actions: list[tuple], past_key_
             out = model.nn.output.save()
     return out, saved
 
-# %% ../nbs/04_interventions.ipynb 17
+# %% ../nbs/04_interventions.ipynb 16
 @dataclass(frozen=True)
 class Edit:
     "A function run at one named site of a forward pass: it reads the value there; what it returns replaces it."
@@ -293,7 +285,7 @@ def _held(record: dict | None, key: tuple, value: torch.Tensor) -> torch.Tensor:
                              f"{tuple(value.shape)}: replay a record on the batch it was made on")
     return held
 
-# %% ../nbs/04_interventions.ipynb 19
+# %% ../nbs/04_interventions.ipynb 18
 def forward(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model`)
             inputs: Batch | Sequence[str], # a `Batch` or prompts
             interventions=None, # None, one `Intervention` for all rows, or one per row
@@ -326,7 +318,7 @@ def forward(model: LoadedModel | str, # a LoadedModel (or a spec for `load_model
     if attentions: res['attentions'] = torch.stack([out.attentions[l] for l in layers])
     return res
 
-# %% ../nbs/04_interventions.ipynb 37
+# %% ../nbs/04_interventions.ipynb 36
 def head_means(model: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
     "Each head's mean output (output projection input) over the real tokens of `texts`: [n_layers, n_heads, head_dim]."
     a = model.adapter
@@ -339,7 +331,7 @@ def head_means(model: LoadedModel, texts: Sequence[str], batch_size: int = 16) -
         count += int(mask.sum())
     return (total / count).to(model.dtype)
 
-# %% ../nbs/04_interventions.ipynb 40
+# %% ../nbs/04_interventions.ipynb 39
 def _select_cache(cache, rows: torch.Tensor):
     if hasattr(cache, 'batch_select_indices'):
         cache.batch_select_indices(rows)

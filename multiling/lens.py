@@ -11,7 +11,7 @@ import torch
 from .core import MultilingError, parse_languages, SCRIPT_OF, LANGUAGE_NAMES
 from .models import LoadedModel
 from .langid import char_script
-from .interventions import encode, forward
+from .interventions import forward
 
 # %% auto 0
 __all__ = ['token_text', 'token_language_ok', 'word_initial_counts', 'language_token_sets', 'token_set_dict', 'lens_logits',

@@ -15,10 +15,10 @@ from .params import NotebookParams, param
 
 # %% auto 0
 __all__ = ['STOP_MARGIN', 'METHODS', 'STOP_EVERY', 'COMPENSATION_METRICS', 'decision_text', 'decided', 'parse_heads',
-           'switch_rates', 'first_divergence', 'shortcut_generate', 'liha_generations', 'broadcasters', 'summarize',
-           'liha_cli', 'LihaParams', 'language_token_weights', 'language_directions', 'norm_affine', 'norm_scale',
-           'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads', 'head_dla',
-           'CompensationRuns', 'compensation_runs', 'compensation_table', 'compensation', 'control_heads',
+           'switch_rates', 'switch_rows', 'first_divergence', 'shortcut_generate', 'liha_generations', 'broadcasters',
+           'summarize', 'liha_cli', 'LihaParams', 'language_token_weights', 'language_directions', 'norm_affine',
+           'norm_scale', 'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads',
+           'head_dla', 'CompensationRuns', 'compensation_runs', 'compensation_table', 'compensation', 'control_heads',
            'compensation_specificity', 'generation_layer_change']
 
 # %% ../nbs/08_liha.ipynb 4
@@ -80,7 +80,13 @@ def switch_rates(gens: pd.DataFrame, # one row per (layer, head, lang, prompt_id
         out.loc[idx, 'z'] = stats.zscores(out.loc[idx, 'switch_rate'].fillna(0))
     return out
 
-# %% ../nbs/08_liha.ipynb 12
+def switch_rows(gens: pd.DataFrame, # one row per (layer, head, lang, prompt_id) with `clean_lang`, `ablated_lang`
+               ) -> pd.DataFrame:
+    "The rows a switch rate counts (its n): (head, prompt) pairs whose clean continuation is in the prompt's language, `switch` = 1 where the ablated one leaves it."
+    kept = gens[gens['clean_lang'] == gens['lang']]
+    return kept.assign(switch=(kept['ablated_lang'] != kept['lang']).astype(int))
+
+# %% ../nbs/08_liha.ipynb 13
 def _long_rows(prompts: pd.DataFrame, languages: list[str]) -> pd.DataFrame:
     "A long prompt table (`id` or `prompt_id`, `lang`, `prompt`; e.g. a shard of `data.prompts_long`) as sweep rows."
     long = prompts.rename(columns={'id': 'prompt_id'})
@@ -171,7 +177,7 @@ def shortcut_generate(model, # a LoadedModel
         for (r, _), t in zip(resume, rest): texts[r] = t
     return texts
 
-# %% ../nbs/08_liha.ipynb 13
+# %% ../nbs/08_liha.ipynb 14
 def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
               prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`), or long (`id`, `lang`, `prompt`)
               languages: str | list[str] = STUDY_LANGUAGES, # prompt languages (also the detector's answers)
@@ -253,7 +259,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     gens = gens.merge(rows, on=['prompt_id', 'lang'], how='left')[cols]
     return gens.sort_values(['layer', 'head', 'lang', 'prompt_id'], kind='stable').reset_index(drop=True)
 
-# %% ../nbs/08_liha.ipynb 15
+# %% ../nbs/08_liha.ipynb 16
 def broadcasters(model, # a LoadedModel
                  gens: pd.DataFrame, # generations of a sweep (uses each prompt's clean continuation)
                  add_bos: bool = False, # prepend a BOS token before the prompt
@@ -338,7 +344,7 @@ def _num(s, name):
     try: return int(s)
     except (TypeError, ValueError): raise MultilingError(f"--{name} must be an integer, got {s!r}") from None
 
-# %% ../nbs/08_liha.ipynb 17
+# %% ../nbs/08_liha.ipynb 18
 @dataclass
 class LihaParams(NotebookParams):
     "The parameters of the LIHA notebook (nbs/20_liha.ipynb)."
@@ -367,7 +373,7 @@ class LihaParams(NotebookParams):
                                  f"({self.top_k})")
 
 
-# %% ../nbs/08_liha.ipynb 21
+# %% ../nbs/08_liha.ipynb 22
 def _unembed_weight(model):
     "The unembedding as [vocab, d_model]."
     return model.adapter.get(model.hf, model.adapter.unembed).weight
@@ -396,7 +402,7 @@ def language_directions(model, # a LoadedModel
     W = _unembed_weight(model).detach().double()
     return {l: (c.to(W.device) @ W).float() for l, c in language_token_weights(model, texts).items()}
 
-# %% ../nbs/08_liha.ipynb 24
+# %% ../nbs/08_liha.ipynb 25
 def norm_affine(model, # a LoadedModel
                 mod, # one of its LayerNorm or RMSNorm modules
                ) -> dict:
@@ -488,7 +494,7 @@ def head_dla(model, # a LoadedModel
         out.append(d if post is None else d / attn_scale[l].double()[..., None])
     return torch.stack(out) / scale.double()[None, :, :, None]
 
-# %% ../nbs/08_liha.ipynb 28
+# %% ../nbs/08_liha.ipynb 29
 COMPENSATION_METRICS = ('dla', 'first_token_attention')
 
 @dataclass
@@ -643,7 +649,7 @@ def compensation(model, # a LoadedModel (or spec for `models.load_model`)
     runs = compensation_runs(model, prompts, languages, heads, directions, continuations, add_bos, batch_size, progress)
     return compensation_table(runs, test)
 
-# %% ../nbs/08_liha.ipynb 31
+# %% ../nbs/08_liha.ipynb 32
 def control_heads(switch_rates_table: pd.DataFrame, # from `switch_rates` (the language == 'all' rows are used)
                   top, # the top heads: list of (layer, head)
                   n_controls: int = 2, # controls per top head
@@ -710,7 +716,7 @@ def compensation_specificity(runs: CompensationRuns, # `compensation_runs` with 
                             p_wilcoxon=stats.paired_test(rec_ctrl, rec_top, method='wilcoxon')['p']))
     return pd.DataFrame(out)
 
-# %% ../nbs/08_liha.ipynb 34
+# %% ../nbs/08_liha.ipynb 35
 def _layer_dla(model, rows, directions, iv, add_bos, batch_size):
     "[n_rows, n_layers]: per row, what each layer's heads write onto the language read-out (no final-norm division)."
     import torch
