@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse, json, os, platform, re, sys, time
 from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import torch, pandas as pd
+import numpy as np, torch, pandas as pd
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -94,7 +94,7 @@ def compare(table: pd.DataFrame, ref: pd.DataFrame) -> dict:
 
 def measure(model: str, device: str = 'cpu', dtype: str = 'auto', languages: str = 'en,fr,de,es,it,pt,ru', n_prompts: int = 40,
             layers: str | None = None, max_new_tokens: int = 24, decide_chars: int = 48, batch_size: int = 64,
-            methods=('plain', 'fast'), plain_batch_size: int | None = None, log=print) -> dict:
+            methods=('plain', 'fast'), plain_batch_size: int | None = None, repeats: int = 1, log=print) -> dict:
     "Run each method on the same sweep; the result record (see the module docstring)."
     from multiling.models import load_model
     from multiling.data import load_prompts, prompts_long
@@ -114,37 +114,46 @@ def measure(model: str, device: str = 'cpu', dtype: str = 'auto', languages: str
     peak = matmul_throughput(m.device.type if m.device.type == 'cpu' else str(m.device), m.dtype if m.device.type != 'cpu' else torch.float32)
     log(f"{m.name}: {len(heads)} heads x {len(rows)} prompts ({n_prompts} x {len(langs)} languages), {max_new_tokens} new tokens, "
         f"{device_name(str(m.device))}, {str(m.dtype)}; matmul {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
-    counter = Counter(m); records, tables = [], {}
+    counter = Counter(m)
+    walls, counts, tables = {k: [] for k in methods}, {}, {}
     try:
-        for method in methods:
-            counter.reset()
-            if str(m.device).startswith('cuda'): torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-            sync(m.device); t = time.perf_counter()
-            if method == 'plain': table = plain_table(m, rows, heads, max_new_tokens, decide_chars, detect, plain_batch_size)
-            else: table = liha_generations(m, prompts, langs, heads=heads, method=method, max_new_tokens=max_new_tokens,
-                                           decide_chars=decide_chars, batch_size=batch_size, detect=detect)
-            sync(m.device); wall = time.perf_counter() - t
-            tables[method] = table
-            flops = 2 * (counter.tokens * block_params + counter.unembedded * unembed.shape[0] * unembed.shape[1])
-            records.append(dict(method=method, wall_s=round(wall, 3), tokens=counter.tokens, unembedded_positions=counter.unembedded,
-                                est_flops=flops, est_gflops_per_s=round(flops / wall / 1e9, 2),
-                                share_of_matmul_peak=round(flops / wall / peak['flops_per_s'], 4),
-                                peak_memory_bytes=int(torch.cuda.max_memory_allocated()) if str(m.device).startswith('cuda') else None))
-            log(f"  {method:9s} {wall:8.1f} s  tokens {counter.tokens:>10,d}  unembedded {counter.unembedded:>9,d}  "
-                f"{flops / wall / 1e9:8.1f} GFLOP/s ({100 * flops / wall / peak['flops_per_s']:.1f}% of matmul)")
+        for rep in range(repeats):            # methods in turn, so a drifting machine affects each alike
+            for method in methods:
+                counter.reset()
+                if str(m.device).startswith('cuda'): torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+                sync(m.device); t = time.perf_counter()
+                if method == 'plain': table = plain_table(m, rows, heads, max_new_tokens, decide_chars, detect, plain_batch_size)
+                else: table = liha_generations(m, prompts, langs, heads=heads, method=method, max_new_tokens=max_new_tokens,
+                                               decide_chars=decide_chars, batch_size=batch_size, detect=detect)
+                sync(m.device); walls[method].append(time.perf_counter() - t)
+                tables[method] = table
+                peak_mem = int(torch.cuda.max_memory_allocated()) if str(m.device).startswith('cuda') else None
+                counts[method] = (counter.tokens, counter.unembedded, peak_mem)
+                log(f"  run {rep + 1}/{repeats} {method:9s} {walls[method][-1]:8.1f} s  tokens {counter.tokens:>10,d}  "
+                    f"unembedded {counter.unembedded:>9,d}")
     finally:
         counter.remove()
+    records = []
+    for method in methods:
+        tokens, unembedded, peak_mem = counts[method]
+        wall = float(np.median(walls[method]))
+        flops = 2 * (tokens * block_params + unembedded * unembed.shape[0] * unembed.shape[1])
+        records.append(dict(method=method, wall_s=round(wall, 3), wall_s_runs=[round(w, 3) for w in walls[method]],
+                            tokens=tokens, unembedded_positions=unembedded, est_flops=flops,
+                            est_gflops_per_s=round(flops / wall / 1e9, 2), share_of_matmul_peak=round(flops / wall / peak['flops_per_s'], 4),
+                            peak_memory_bytes=peak_mem))
+        log(f"  {method:9s} median {wall:8.1f} s  {flops / wall / 1e9:8.1f} GFLOP/s ({100 * flops / wall / peak['flops_per_s']:.1f}% of matmul)")
     if 'plain' in tables:
-        base = next(r for r in records if r['method'] == 'plain')['wall_s']
-        for r in records:
-            r['speedup_vs_plain'] = round(base / r['wall_s'], 3)
+        for r in records:   # the median of the run-by-run ratios: each ratio compares runs made side by side
+            r['speedup_vs_plain'] = round(float(np.median(np.array(walls['plain']) / np.array(walls[r['method']]))), 3)
+            r['flop_ratio_vs_plain'] = round(records[0]['est_flops'] / r['est_flops'], 3)
             r['vs_plain'] = compare(tables[r['method']], tables['plain'])
             log(f"  {r['method']:9s} speed-up vs plain {r['speedup_vs_plain']:.2f}x; rows differing from plain: "
                 f"{r['vs_plain'].get('rows_text_differs')} of {r['vs_plain']['rows']}")
     return dict(model=m.name, weights_hash=m.weights_hash, device=device_name(str(m.device)), dtype=str(m.dtype).replace('torch.', ''),
                 torch=torch.__version__, threads=torch.get_num_threads(), languages=langs, n_prompts=n_prompts, n_rows=len(rows),
                 heads=len(heads), layers=sorted({l for l, _ in heads}), max_new_tokens=max_new_tokens, decide_chars=decide_chars,
-                batch_size=batch_size, plain_batch_size=plain_batch_size, matmul=peak, commit=git_commit(),
+                batch_size=batch_size, plain_batch_size=plain_batch_size, repeats=repeats, matmul=peak, commit=git_commit(),
                 created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), methods=records), tables
 
 
@@ -156,11 +165,12 @@ def main(argv=None):
     p.add_argument('--batch-size', type=int, default=64); p.add_argument('--plain-batch-size', type=int, default=None)
     p.add_argument('--device', default='cpu'); p.add_argument('--dtype', default='auto')
     p.add_argument('--methods', default='plain,fast'); p.add_argument('--out', default=None)
+    p.add_argument('--repeats', type=int, default=1, help='runs of each method, in turn; the speed-up is the median of the ratios')
     a = p.parse_args(argv)
     methods = a.methods.split(',')
     if methods[0] != 'plain': raise SystemExit("liha_speed: error: --methods must start with plain (the baseline)")
     res, _ = measure(a.model, a.device, a.dtype, a.languages, a.n_prompts, a.layers, a.max_new_tokens, a.decide_chars,
-                     a.batch_size, methods, a.plain_batch_size)
+                     a.batch_size, methods, a.plain_batch_size, a.repeats)
     out = Path(a.out) if a.out else BENCH / 'results' / f"liha_speed_{slug(Path(a.model).name)}_{'cpu' if a.device == 'cpu' else slug(res['device'])}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + '\n')
