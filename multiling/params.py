@@ -8,10 +8,12 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Callable
 from .core import MultilingError, check_param, parse_languages, SCRIPT_OF
+from .data import SPLITS
 
 # %% auto 0
 __all__ = ['DTYPES', 'MODEL_HELP', 'param', 'NotebookParams', 'numbers', 'names', 'int_or', 'languages', 'device', 'model_param',
-           'out_dir_param', 'fig_dir_param', 'device_param', 'dtype_param', 'seed_param', 'ScriptStudyParams']
+           'out_dir_param', 'fig_dir_param', 'device_param', 'dtype_param', 'seed_param', 'ScriptStudyParams',
+           'NeuronParams']
 
 # %% ../nbs/00_params.ipynb 4
 def param(kind: type, # int, float, bool, str, or another type given with `convert`
@@ -162,3 +164,39 @@ class ScriptStudyParams(NotebookParams):
         scripts = {SCRIPT_OF[l] == 'Latin' for l in self.languages or []}
         if self.languages is not None and scripts != {True, False}:
             raise MultilingError(f"languages {self.languages} need both Latin and non-Latin scripts (e.g. en,fr,ru,zh)")
+
+# %% ../nbs/00_params.ipynb 14
+@dataclass
+class NeuronParams(NotebookParams):
+    "The parameters of the language-neuron study (nbs/25_language_neurons.ipynb)."
+    model: str = model_param()
+    languages: list = param(list, 'study languages (the negatives of one are the others)', convert=languages(at_least=2))
+    n_pos: int = param(int, 'positive sentences per language (scoring)', min=1)
+    n_neg: int = param(int, 'negative sentences per language, drawn from the other languages', min=1)
+    n_top: int = param(int, 'top and bottom units per language (1,000 + 1,000 as published)', min=1)
+    unit_counts: list = param(list, "numbers of forced units in the tampering sweep ('100,300,1000'; clipped to the "
+                                     "model's units)", convert=numbers(int, min=1))
+    n_seeds: int = param(int, 'unconditional generations per condition (one sampling seed each)', min=1)
+    n_translation: int = param(int, 'translation prompts per target language', min=1)
+    n_words: int = param(int, 'words of the source sentence in a translation prompt', min=1)
+    max_new_tokens: int = param(int, 'tokens generated per output', min=1)
+    temperature: float = param(float, 'sampling temperature of the unconditional generations', min=1e-6)
+    top_k: int = param(int, 'sample from the top_k tokens; None: from the whole vocabulary', min=1, optional=True)
+    lape_quantile: float = param(float, 'LAPE: a unit is a candidate for X when p(X, u) reaches this quantile of all p',
+                                 min=0.0, max=0.999)
+    max_tokens: int = param(int, 'tokens of a sentence kept for scoring (BOS included)', min=2)
+    score_split: str = param(str, 'corpus split of the scoring sentences', choices=SPLITS)
+    eval_split: str = param(str, 'corpus split of the translation prompts (not the scoring split)', choices=SPLITS)
+    batch_size: int = param(int, 'sentences per forward pass when collecting activations', min=1)
+    gen_batch_size: int = param(int, 'rows per forward pass when generating', min=1)
+    out_dir: str = out_dir_param()
+    fig_dir: str = fig_dir_param()
+    device: str = device_param()
+    dtype: str = dtype_param()
+    seed: int = seed_param()
+    resume: bool = param(bool, 'reuse the tampering sweep\'s checkpoint shards')
+
+    def __post_init__(self):
+        if self.score_split is not None and self.score_split == self.eval_split:
+            raise MultilingError(f"score_split and eval_split are both {self.score_split!r}: the tampering prompts must not "
+                                 "come from the scoring sentences")
