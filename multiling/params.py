@@ -11,9 +11,9 @@ from .core import MultilingError, check_param, parse_languages, SCRIPT_OF
 from .data import SPLITS
 
 # %% auto 0
-__all__ = ['DTYPES', 'MODEL_HELP', 'param', 'NotebookParams', 'numbers', 'names', 'int_or', 'languages', 'device', 'model_param',
-           'out_dir_param', 'fig_dir_param', 'device_param', 'dtype_param', 'seed_param', 'ScriptStudyParams',
-           'NeuronParams']
+__all__ = ['DTYPES', 'MODEL_HELP', 'param', 'NotebookParams', 'numbers', 'names', 'int_or', 'languages', 'one_language',
+           'layer_spec', 'device', 'model_param', 'out_dir_param', 'fig_dir_param', 'device_param', 'dtype_param',
+           'seed_param', 'ScriptStudyParams', 'NeuronParams', 'CltParams']
 
 # %% ../nbs/00_params.ipynb 4
 def param(kind: type, # int, float, bool, str, or another type given with `convert`
@@ -122,6 +122,21 @@ def languages(allowed: list[str] | None = None, # codes accepted; default: every
         return langs
     return convert
 
+def one_language(value) -> str:
+    "A `convert`: one language code ('fr') -> the checked code."
+    langs = parse_languages(value)
+    if len(langs) != 1: raise MultilingError(f"must be one language code, got {value!r}")
+    return langs[0]
+
+def layer_spec(*words: str) -> Callable:
+    "A `convert`: one of `words` (e.g. 'all', 'late'), or layers given as '3,5' (or a list) -> a sorted list of ints."
+    def convert(value):
+        if value in words: return value
+        try: return numbers(int, min=0)(value)
+        except MultilingError:
+            raise MultilingError(f"must be {' or '.join(map(repr, words))} or comma-separated layers, got {value!r}") from None
+    return convert
+
 def device(value) -> str:
     "A `convert`: a device name as `models.load_model` takes it ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'), kept as given."
     if not isinstance(value, str) or not re.fullmatch(r'auto|cpu|cuda(:\d+)?|mps', value):
@@ -200,3 +215,57 @@ class NeuronParams(NotebookParams):
         if self.score_split is not None and self.score_split == self.eval_split:
             raise MultilingError(f"score_split and eval_split are both {self.score_split!r}: the tampering prompts must not "
                                  "come from the scoring sentences")
+
+# %% ../nbs/00_params.ipynb 17
+@dataclass
+class CltParams(NotebookParams):
+    "The parameters of the CLT study (nbs/23_clt_steering.ipynb): the studied model's CLT, then organisms' diffing and mixtures."
+    model: str = model_param('the model whose CLT is studied (features, probe, graph, steering)')
+    languages: list = param(list, 'study languages (CLT training text, selectivity, steering pairs)',
+                            convert=languages(at_least=2))
+    out_dir: str = out_dir_param()
+    fig_dir: str = fig_dir_param()
+    device: str = device_param()
+    dtype: str = dtype_param()
+    seed: int = seed_param()
+    n_train_verses: int = param(int, 'verses per language for CLT training (train split)', min=1)
+    n_eval_verses: int = param(int, 'verses per language, held out (valid split): quality, selectivity, probe', min=2)
+    max_length: int = param(int, 'tokens kept per verse', min=4, max=1024)
+    n_features: int = param(int, 'CLT features per layer', min=1)
+    activation: str = param(str, "CLT activation: 'jumprelu' or 'topk'", choices=('jumprelu', 'topk'))
+    topk: int = param(int, 'features per layer and token (when activation is topk)', min=1)
+    clt_steps: int = param(int, 'CLT training steps', min=1)
+    clt_batch_size: int = param(int, 'tokens per CLT training step', min=1)
+    clt_lr: float = param(float, 'CLT learning rate', min=0.0)
+    sparsity_coef: float = param(float, 'final sparsity coefficient of the CLT loss', min=0.0)
+    min_share: float = param(float, "language-specific: share of a feature's activation mass in one language ...",
+                             min=0.0, max=1.0)
+    min_rate: float = param(float, "... and firing rate on that language's tokens", min=0.0, max=1.0)
+    graph_language: str = param(str, 'language of the attribution-graph prompt (one of languages)', convert=one_language)
+    graph_prompt: int = param(int, 'index of that prompt in the committed prompt set', min=0)
+    graph_max_nodes: int = param(int, 'active features the attribution graph starts from', min=1)
+    graph_keep_nodes: int = param(int, 'features kept after pruning (most influence on the target)', min=1)
+    n_prompts: int = param(int, 'steering prompts per language', min=1)
+    strengths: list = param(list, "steering strengths, multiples of the features' mean activation ('1,2,4')",
+                            convert=numbers(float, min=1e-6))
+    steer_layers: object = param(object, "'all', 'late' (the second half of the layers) or comma-separated layers",
+                                 convert=layer_spec('all', 'late'))
+    n_steer_features: int = param(int, 'steering features per language and layer', min=1)
+    max_new_tokens: int = param(int, 'tokens generated per steered continuation', min=1)
+    fluency_factor: float = param(float, 'fluent: perplexity at most this times the median clean perplexity', min=1.0)
+    diff_model: str = param(str, "the English-dominant organism for model diffing ('' to skip)")
+    weak_language: str = param(str, 'fine-tune the diffed model on more of this language (one of languages)',
+                               convert=one_language)
+    finetune_steps: int = param(int, 'fine-tuning steps of the diffed model', min=1)
+    finetune_verses: int = param(int, 'verses of the weak language it is fine-tuned on', min=1)
+    finetune_lr: float = param(float, 'fine-tuning learning rate', min=0.0)
+    diff_clt_steps: int = param(int, "further CLT training on the fine-tuned model's activations", min=1)
+    mixture_models: list = param(list, "organisms compared by feature selectivity, comma-separated ('' to skip)",
+                                 convert=names(empty=True))
+    clt_dir: str = param(str, 'folder of the trained CLTs (reused when the same inputs come again)')
+
+    def __post_init__(self):
+        for name in ('graph_language', 'weak_language'):
+            value = getattr(self, name)
+            if value is not None and self.languages is not None and value not in self.languages:
+                raise MultilingError(f"{name} = {value!r} is not among languages {self.languages}")
