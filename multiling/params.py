@@ -7,13 +7,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 from typing import Callable
-from .core import MultilingError, check_param, parse_languages, SCRIPT_OF
+from .core import MultilingError, check_param, parse_languages, SCRIPT_OF, STUDY_LANGUAGES, SCRIPT_LANGUAGES
 from .data import SPLITS
 
 # %% auto 0
-__all__ = ['DTYPES', 'MODEL_HELP', 'param', 'NotebookParams', 'numbers', 'names', 'int_or', 'languages', 'one_language',
-           'layer_spec', 'device', 'model_param', 'out_dir_param', 'fig_dir_param', 'device_param', 'dtype_param',
-           'seed_param', 'ScriptStudyParams', 'NeuronParams', 'CltParams']
+__all__ = ['DTYPES', 'MODEL_HELP', 'TASK_LANGUAGES', 'param', 'NotebookParams', 'numbers', 'names', 'int_or', 'languages',
+           'one_language', 'layer_spec', 'device', 'model_param', 'out_dir_param', 'fig_dir_param', 'device_param',
+           'dtype_param', 'seed_param', 'ScriptStudyParams', 'NeuronParams', 'CltParams', 'LanguageControlParams']
 
 # %% ../nbs/00_params.ipynb 4
 def param(kind: type, # int, float, bool, str, or another type given with `convert`
@@ -269,3 +269,43 @@ class CltParams(NotebookParams):
             value = getattr(self, name)
             if value is not None and self.languages is not None and value not in self.languages:
                 raise MultilingError(f"{name} = {value!r} is not among languages {self.languages}")
+
+# %% ../nbs/00_params.ipynb 20
+TASK_LANGUAGES = STUDY_LANGUAGES + SCRIPT_LANGUAGES   # the languages the task templates cover (`tasks.TASK_LANGUAGES`)
+
+@dataclass
+class LanguageControlParams(NotebookParams):
+    "The parameters of the language-control study (nbs/24_language_control.ipynb)."
+    model: str = model_param()
+    languages: list = param(list, 'English plus the target languages (the task templates cover en fr de es it pt ru zh ja)',
+                            convert=languages(TASK_LANGUAGES, at_least=2))
+    n_lens_prompts: int = param(int, 'parallel prompts per language (lens and similarity)', min=2)
+    n_translation_prompts: int = param(int, 'prompts per (source, target) pair for the lens', min=2)
+    n_token_verses: int = param(int, 'corpus verses per language for the language token sets', min=10)
+    max_tokens_per_language: int = param(int, 'tokens kept per language token set', min=1)
+    lens_normalize: str = param(str, "'union' (softmax over the token sets) or 'full' (whole vocabulary)",
+                                choices=('union', 'full'))
+    sim_threshold: float = param(float, 'three phases: normalised similarity margin that marks the shared space',
+                                 min=0.0, max=1.0)
+    lang_threshold: float = param(float, 'three phases: normalised target-language probability that marks generation',
+                                  min=0.0, max=1.0)
+    n_items: int = param(int, 'items per task (each in every language)', min=1)
+    max_chars: int = param(int, 'longest verse used by qa/mc (zh/ja: half)', min=20)
+    k: object = param(object, "blocks trained by selective fine-tuning; 'auto': the generation phase",
+                      convert=int_or('auto', min=1))
+    n_train: int = param(int, 'examples in the fine-tuning instruction set', min=1)
+    finetune_steps: int = param(int, 'fine-tuning steps (both variants)', min=1)
+    finetune_lr: float = param(float, 'fine-tuning learning rate (~1e-3 for an organism, ~1e-5 for a pretrained model)',
+                               min=0.0)
+    train_batch_size: int = param(int, 'examples per fine-tuning step', min=1)
+    max_new_tokens: int = param(int, 'tokens generated per answer', min=1)
+    batch_size: int = param(int, 'rows per forward pass', min=1)
+    out_dir: str = out_dir_param()
+    fig_dir: str = fig_dir_param()
+    device: str = device_param()
+    dtype: str = dtype_param()
+    seed: int = seed_param()
+
+    def __post_init__(self):
+        if self.languages is not None and 'en' not in self.languages:
+            raise MultilingError(f"languages must hold English and at least one target language, got {self.languages}")
