@@ -11,9 +11,10 @@ from .core import MultilingError, check_param, parse_languages, SCRIPT_OF, STUDY
 from .data import SPLITS
 
 # %% auto 0
-__all__ = ['DTYPES', 'MODEL_HELP', 'TASK_LANGUAGES', 'param', 'NotebookParams', 'numbers', 'names', 'int_or', 'languages',
-           'one_language', 'layer_spec', 'device', 'model_param', 'out_dir_param', 'fig_dir_param', 'device_param',
-           'dtype_param', 'seed_param', 'ScriptStudyParams', 'NeuronParams', 'CltParams', 'LanguageControlParams']
+__all__ = ['DTYPES', 'MODEL_HELP', 'TASK_LANGUAGES', 'SCENARIO_LABELS', 'param', 'NotebookParams', 'numbers', 'names', 'int_or',
+           'languages', 'one_language', 'layer_spec', 'device', 'model_param', 'out_dir_param', 'fig_dir_param',
+           'device_param', 'dtype_param', 'seed_param', 'ScriptStudyParams', 'NeuronParams', 'CltParams',
+           'LanguageControlParams', 'RetrievalParams']
 
 # %% ../nbs/00_params.ipynb 4
 def param(kind: type, # int, float, bool, str, or another type given with `convert`
@@ -309,3 +310,41 @@ class LanguageControlParams(NotebookParams):
     def __post_init__(self):
         if self.languages is not None and 'en' not in self.languages:
             raise MultilingError(f"languages must hold English and at least one target language, got {self.languages}")
+
+# %% ../nbs/00_params.ipynb 23
+SCENARIO_LABELS = ('en/en', 'en/T', 'T/en', 'T/T')   # `tasks.SCENARIOS` as instruction/content labels (T: the target)
+
+@dataclass
+class RetrievalParams(NotebookParams):
+    "The parameters of the retrieval-head study (nbs/26_retrieval_heads.ipynb)."
+    model: str = model_param('the model studied')
+    languages: list = param(list, 'study languages (needle and question languages)', convert=languages(at_least=2))
+    out_dir: str = out_dir_param()
+    fig_dir: str = fig_dir_param()
+    device: str = device_param()
+    dtype: str = dtype_param()
+    seed: int = seed_param()
+    lengths: list = param(list, 'haystack lengths in tokens (the prompt adds needle + question)',
+                          convert=numbers(int, min=8, max=100000))
+    depths: list = param(list, "needle depths (fractions of the haystack's verses)", convert=numbers(float, min=0.0, max=1.0))
+    n_samples: int = param(int, 'haystacks per (length, depth)', min=1)
+    pivot: str = param(str, "cross-language pairs: this language -> every other and back ('all': every pair)")
+    threshold: float = param(float, 'retrieval / transition head threshold', min=0.0, max=1.0)
+    top_k: int = param(int, 'heads masked per condition', min=1)
+    n_random: int = param(int, 'random draws of top_k heads', min=0)
+    n_mask_prompts: int = param(int, 'prompts per needle task (same-language, cross-language) in the masking sweep', min=1)
+    max_new_tokens: int = param(int, 'tokens of a direct needle answer', min=1)
+    think_new_tokens: int = param(int, 'tokens of a step-by-step needle answer (0: no step-by-step variant)', min=0)
+    batch_size: int = param(int, 'rows per forward pass (attention tensors are large)', min=1)
+    mask_tasks: list = param(list, 'tasks of the masking sweep: needle, and arithmetic / qa from multiling.tasks',
+                             convert=names(('needle', 'arithmetic', 'qa')))
+    n_task_items: int = param(int, 'items per task (arithmetic, qa), each asked in every target language and scenario',
+                              min=1)
+    mask_scenarios: list = param(list, 'task scenarios as instruction/content language (T: the target)',
+                                 convert=names(SCENARIO_LABELS))
+    task_new_tokens: int = param(int, 'tokens of a direct task answer', min=1)
+    task_think_tokens: int = param(int, 'tokens of a step-by-step task answer (0: no step-by-step variant)', min=0)
+
+    def __post_init__(self):
+        if self.pivot is not None and self.languages is not None and self.pivot not in ('all', *self.languages):
+            raise MultilingError(f"pivot must be one of {self.languages} or 'all', got {self.pivot!r}")
