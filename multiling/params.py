@@ -14,7 +14,7 @@ from .data import SPLITS
 __all__ = ['DTYPES', 'MODEL_HELP', 'TASK_LANGUAGES', 'SCENARIO_LABELS', 'param', 'NotebookParams', 'numbers', 'names', 'int_or',
            'languages', 'one_language', 'layer_spec', 'device', 'model_param', 'out_dir_param', 'fig_dir_param',
            'device_param', 'dtype_param', 'seed_param', 'ScriptStudyParams', 'NeuronParams', 'CltParams',
-           'LanguageControlParams', 'RetrievalParams']
+           'LanguageControlParams', 'RetrievalParams', 'BaseInstructParams']
 
 # %% ../nbs/00_params.ipynb 4
 def param(kind: type, # int, float, bool, str, or another type given with `convert`
@@ -348,3 +348,28 @@ class RetrievalParams(NotebookParams):
     def __post_init__(self):
         if self.pivot is not None and self.languages is not None and self.pivot not in ('all', *self.languages):
             raise MultilingError(f"pivot must be one of {self.languages} or 'all', got {self.pivot!r}")
+
+# %% ../nbs/00_params.ipynb 26
+@dataclass
+class BaseInstructParams(NotebookParams):
+    "The parameters of the base-vs-instruct study (nbs/21_base_vs_instruct.ipynb): one LIHA sweep per model of a pair."
+    base_model: str = model_param('the base model: an offline name, a local folder or a Hugging Face id')
+    instruct_model: str = model_param('its instruction-tuned variant (same architecture and tokenizer)')
+    languages: list = param(list, 'prompt languages (comma-separated codes)', convert=languages())
+    prompts: str = param(str, 'prompt CSV with id + one column per language; None: the committed set', optional=True)
+    n_prompts: int = param(int, 'prompts per language', min=1)
+    max_new_tokens: int = param(int, 'tokens generated at most per continuation', min=1)
+    decide_chars: int = param(int, 'characters of a continuation its language is decided on', min=1)
+    out_dir: str = out_dir_param()
+    fig_dir: str = fig_dir_param()
+    device: str = device_param()
+    dtype: str = dtype_param()
+    seed: int = seed_param()
+    batch_size: int = param(int, 'rows per forward pass', min=1)
+    method: str = param(str, "sweep engine (the same table): 'fast' or 'naive'", choices=('fast', 'naive'))
+    resume: bool = param(bool, 'reuse checkpoint shards of the same sweep')
+    n_boot: int = param(int, 'bootstrap resamples for the intervals', min=100)
+
+    def __post_init__(self):
+        if self.base_model is not None and self.base_model == self.instruct_model:
+            raise MultilingError(f"base_model and instruct_model are both {self.base_model!r}: give the pair")
