@@ -14,7 +14,8 @@ from .data import SPLITS
 __all__ = ['DTYPES', 'MODEL_HELP', 'TASK_LANGUAGES', 'SCENARIO_LABELS', 'param', 'NotebookParams', 'numbers', 'names', 'int_or',
            'languages', 'one_language', 'layer_spec', 'device', 'model_param', 'out_dir_param', 'fig_dir_param',
            'device_param', 'dtype_param', 'seed_param', 'ScriptStudyParams', 'NeuronParams', 'CltParams',
-           'LanguageControlParams', 'RetrievalParams', 'BaseInstructParams']
+           'LanguageControlParams', 'RetrievalParams', 'BaseInstructParams', 'organism_size', 'organism_mixtures',
+           'organism_languages', 'OrganismQualityParams']
 
 # %% ../nbs/00_params.ipynb 4
 def param(kind: type, # int, float, bool, str, or another type given with `convert`
@@ -373,3 +374,41 @@ class BaseInstructParams(NotebookParams):
     def __post_init__(self):
         if self.base_model is not None and self.base_model == self.instruct_model:
             raise MultilingError(f"base_model and instruct_model are both {self.base_model!r}: give the pair")
+
+# %% ../nbs/00_params.ipynb 29
+def organism_size(value) -> str:
+    "A `convert`: an organism size of `organisms.SIZES`."
+    from multiling.organisms import check_size
+    check_size(value)
+    return value
+
+def organism_mixtures(value) -> list[str]:
+    "A `convert`: mixtures of `organisms.MIXTURES` given as 'balanced,noen' (or a list)."
+    from multiling.organisms import MIXTURES
+    return names(tuple(MIXTURES))(value)
+
+def organism_languages(value) -> list[str]:
+    "A `convert`: languages the organisms are trained on (`organisms.MIXTURE_LANGUAGES`)."
+    from multiling.organisms import MIXTURE_LANGUAGES
+    return parse_languages(value, MIXTURE_LANGUAGES)
+
+@dataclass
+class OrganismQualityParams(NotebookParams):
+    "The parameters of the organism notebook (nbs/27_organism_quality.ipynb): which organisms to train or reuse, and their evaluation."
+    size: str = param(str, "organism size: 'tiny' (minutes), 'small' (the experiments'; ~25 min each on a 2-core CPU), "
+                           "'base' (a GPU)", convert=organism_size)
+    steps: int = param(int, "optimizer steps per organism; None: the size's default", min=1, optional=True)
+    instruct_steps: int = param(int, "steps of the instruct fine-tuning; None: the size's default", min=1, optional=True)
+    mixtures: list = param(list, 'organisms to train (or reuse) and compare', convert=organism_mixtures)
+    instruct: bool = param(bool, 'also train (or reuse) organism-balanced-<size>-instruct')
+    languages: list = param(list, 'evaluation languages', convert=organism_languages)
+    n_verses: int = param(int, 'held-out verses per language for perplexity', min=1)
+    n_prompts: int = param(int, 'verse openings per language for language fidelity', min=1)
+    n_instruction_prompts: int = param(int, 'prompts per task and asked language for instruction following', min=1)
+    max_new_tokens: int = param(int, 'tokens generated per continuation or answer', min=1)
+    models_dir: str = param(str, 'where organisms are written and found')
+    out_dir: str = out_dir_param()
+    fig_dir: str = fig_dir_param()
+    seed: int = seed_param()
+    device: str = device_param()
+    dtype: str = dtype_param()
