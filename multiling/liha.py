@@ -571,6 +571,8 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
                       add_bos: bool | None = None, # see `LoadedModel.encode`
                       batch_size: int = 64, # rows per forward pass
                       progress: bool = False, # tqdm bar over batches
+                      out_dir: str | Path | None = None, # checkpoint folder (one piece per batch); None: keep nothing
+                      resume: bool = True, # reuse the pieces of the same runs in `out_dir`
                      ) -> CompensationRuns:
     "Every head's DLA and first-token attention per row, clean and with each of `heads` ablated (clean final scale)."
     import torch
@@ -585,24 +587,52 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
     if heads is None: raise MultilingError("give the heads to ablate (e.g. the sweep's top heads as 'L:H,...')")
     heads = parse_heads(heads, a.n_layers, a.n_heads)
     directions = _directions_for(model, rows, directions, languages)
-    clean = {m: [] for m in COMPENSATION_METRICS}
-    abl = {m: [[] for _ in heads] for m in COMPENSATION_METRICS}
-    with torch.no_grad():
-        for i in tqdm(range(0, len(rows), batch_size), disable=not progress, desc='compensation'):
-            chunk = rows.iloc[i:i + batch_size]
-            batch = model.encode(chunk['text'].tolist(), add_bos=add_bos)
-            pw, first = _position_weights(model, chunk, batch, add_bos)
-            w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
+    from multiling.shard import checkpoints, sweep_key
+    key = sweep_key(model, what='compensation', languages=languages, heads=[list(h) for h in heads], add_bos=add_bos,
+                    batch_size=batch_size, rows=_table_hash(rows[['prompt_id', 'lang', 'text']]),
+                    directions=_directions_hash(directions, languages))
+    ckpt = checkpoints(out_dir, key, resume, what='compensation')
+    names = ['clean'] + [f'L{l}H{h}' for l, h in heads]
+
+    def batch_piece(i):
+        "Long table of one batch: per run (clean or ablated head), row, layer and head, both metrics."
+        chunk = rows.iloc[i:i + batch_size]
+        batch = model.encode(chunk['text'].tolist(), add_bos=add_bos)
+        pw, first = _position_weights(model, chunk, batch, add_bos)
+        w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
+        with torch.no_grad():
             dla, ft, scale = _head_metrics(model, batch, pw, first, w, None, Intervention())
-            clean['dla'].append(dla)
-            clean['first_token_attention'].append(ft)
-            for k, h in enumerate(heads):
-                dla, ft, _ = _head_metrics(model, batch, pw, first, w, scale, ablate_heads(h))  # the clean scale, held
-                abl['dla'][k].append(dla)
-                abl['first_token_attention'][k].append(ft)
+            runs = [(dla, ft)] + [_head_metrics(model, batch, pw, first, w, scale, ablate_heads(h))[:2]  # clean scale, held
+                                  for h in heads]
+        idx = np.arange(i, i + len(chunk))
+        return pd.concat([_metric_frame(name, idx, dla, ft) for name, (dla, ft) in zip(names, runs)], ignore_index=True)
+
+    starts = range(0, len(rows), batch_size)
+    long = pd.concat([ckpt.piece(f'batch{i:06d}', lambda i=i: batch_piece(i))
+                      for i in tqdm(starts, disable=not progress, desc='compensation')], ignore_index=True)
+    shape = (len(rows), a.n_layers, a.n_heads)
+    arrays = {(n, m): np.zeros(shape) for n in names for m in COMPENSATION_METRICS}
+    for (n, m), arr in arrays.items():
+        part = long[long['run'] == n]
+        arr[part['row'].to_numpy(), part['layer'].to_numpy(), part['head'].to_numpy()] = part[m].to_numpy()
     return CompensationRuns(model=model.name, rows=rows, heads=list(heads),
-                            clean={m: np.concatenate(v) for m, v in clean.items()},
-                            ablated={m: np.stack([np.concatenate(x) for x in vs]) for m, vs in abl.items()})
+                            clean={m: arrays[('clean', m)] for m in COMPENSATION_METRICS},
+                            ablated={m: np.stack([arrays[(n, m)] for n in names[1:]]) for m in COMPENSATION_METRICS})
+
+def _metric_frame(run, rows_idx, dla, ft):
+    "[rows, layers, heads] metrics of one run as a long table (a checkpoint piece)."
+    r, l, h = np.meshgrid(rows_idx, np.arange(dla.shape[1]), np.arange(dla.shape[2]), indexing='ij')
+    return pd.DataFrame(dict(run=run, row=r.ravel(), layer=l.ravel(), head=h.ravel(), dla=dla.ravel(),
+                             first_token_attention=ft.ravel()))
+
+def _table_hash(df: pd.DataFrame) -> int:
+    return int(pd.util.hash_pandas_object(df, index=False).sum())
+
+def _directions_hash(directions: dict, languages) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for l in languages: h.update(l.encode() + directions[l].detach().double().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 def _relation(l, h, al, ah):
     return 'self' if (l, h) == (al, ah) else 'above' if l > al else 'same' if l == al else 'below'
@@ -716,7 +746,7 @@ def compensation_specificity(runs: CompensationRuns, # `compensation_runs` with 
                             p_wilcoxon=stats.paired_test(rec_ctrl, rec_top, method='wilcoxon')['p']))
     return pd.DataFrame(out)
 
-# %% ../nbs/08_liha.ipynb 35
+# %% ../nbs/08_liha.ipynb 36
 def _layer_dla(model, rows, directions, iv, add_bos, batch_size):
     "[n_rows, n_layers]: per row, what each layer's heads write onto the language read-out (no final-norm division)."
     import torch
@@ -740,6 +770,8 @@ def generation_layer_change(model, # a LoadedModel (or spec for `models.load_mod
                             batch_size: int = 64, # rows per forward pass
                             n_boot: int = 1000, seed: int = 0,
                             progress: bool = False, # tqdm bar over heads
+                            out_dir: str | Path | None = None, # checkpoint folder (one piece per run); None: keep nothing
+                            resume: bool = True, # reuse the pieces of the same runs in `out_dir`
                            ) -> pd.DataFrame:
     "Per ablated head and layer: change of what its heads write onto the language read-out, each run on its own text."
     from tqdm.auto import tqdm
@@ -757,16 +789,28 @@ def generation_layer_change(model, # a LoadedModel (or spec for `models.load_mod
     pairs = gens.drop_duplicates(keys).sort_values(keys).reset_index(drop=True)
     clean_rows = pairs.assign(continuation=pairs['clean_text'].fillna(''))
     clean_rows['text'] = clean_rows['prompt'] + clean_rows['continuation']
-    clean = _layer_dla(model, clean_rows, directions, Intervention(), add_bos, batch_size)
-    out = []
-    for l, h in tqdm(heads, disable=not progress, desc='generation layer change'):
+    from multiling.shard import checkpoints, sweep_key
+    texts = {}
+    for l, h in heads:
         g = gens[(gens['layer'] == l) & (gens['head'] == h)]
         if g.empty: raise MultilingError(f"the generations table has no rows for head L{l}H{h}: sweep it first")
         g = pairs[keys].merge(g, on=keys, how='left')
         if g['ablated_text'].isna().any(): raise MultilingError(f"head L{l}H{h} lacks some (prompt, language) rows")
         rows = g.assign(continuation=g['ablated_text'].fillna(''))
         rows['text'] = rows['prompt'] + rows['continuation']
-        delta = _layer_dla(model, rows, directions, ablate_heads((l, h)), add_bos, batch_size) - clean
+        texts[(l, h)] = rows
+    key = sweep_key(model, what='generation layer change', add_bos=add_bos, batch_size=batch_size,
+                    clean=_table_hash(clean_rows[keys + ['text']]), directions=_directions_hash(directions, sorted(directions)),
+                    ablated={f'L{l}H{h}': _table_hash(r[keys + ['text']]) for (l, h), r in texts.items()})
+    ckpt = checkpoints(out_dir, key, resume, what='generation layer change')
+    def layer_frame(rows, iv):
+        return pd.DataFrame(_layer_dla(model, rows, directions, iv, add_bos, batch_size),
+                            columns=[str(x) for x in range(a.n_layers)])
+    clean = ckpt.piece('clean', lambda: layer_frame(clean_rows, Intervention())).to_numpy()
+    out = []
+    for l, h in tqdm(heads, disable=not progress, desc='generation layer change'):
+        ablated = ckpt.piece(f'L{l}H{h}', lambda l=l, h=h: layer_frame(texts[(l, h)], ablate_heads((l, h)))).to_numpy()
+        delta = ablated - clean
         for layer in range(a.n_layers):
             d = delta[:, layer]
             lo, hi = stats.bootstrap_ci(d, n_boot=n_boot, seed=seed)
