@@ -22,7 +22,7 @@ def param(kind: type, # int, float, bool, str, or another type given with `conve
           help: str = '', # what the parameter means (shown by `describe`)
           min=None, max=None, # bounds of a number
           choices=None, # the allowed values
-          convert: Callable | None = None, # turns the given value into the parameter (e.g. `core.parse_languages`); raises on bad input
+          convert: Callable | None = None, # the given value -> the parameter (e.g. `languages()`); raises on bad input
           optional: bool = False, # None (or the text 'None') is allowed and kept as None
          ):
     "A dataclass field declaring one notebook parameter (its default value lives in the notebook's parameters cell)."
@@ -41,7 +41,8 @@ class NotebookParams:
     def from_namespace(cls, ns: dict): # the notebook's globals() after the parameters cell (and papermill's injection)
         "Every declared parameter taken from `ns`, validated and converted."
         missing = [n for n in cls.names() if n not in ns]
-        if missing: raise MultilingError(f"the parameters cell lacks {missing}, declared in {cls.__name__}: add them there")
+        if missing:
+            raise MultilingError(f"the parameters cell lacks {missing}, declared in {cls.__name__}: add them there")
         values = {}
         for f in fields(cls):
             spec, v = f.metadata, ns[f.name]
@@ -52,11 +53,13 @@ class NotebookParams:
                 try: v = spec['convert'](v)
                 except MultilingError as e:   # a converter's message says what is wrong; this says where
                     raise MultilingError(f"parameter {f.name!r}: {e}") from None
-            elif spec['kind'] in (int, float, bool, str): v = check_param(f.name, v, spec['kind'], spec['min'], spec['max'])
+            elif spec['kind'] in (int, float, bool, str):
+                v = check_param(f.name, v, spec['kind'], spec['min'], spec['max'])
             elif not isinstance(v, spec['kind']):
                 raise MultilingError(f"parameter {f.name!r} must be a {spec['kind'].__name__}, got {v!r}")
             if spec['choices'] is not None and v not in spec['choices']:
-                raise MultilingError(f"parameter {f.name!r} must be one of {', '.join(map(repr, spec['choices']))}, got {v!r}")
+                allowed = ', '.join(map(repr, spec['choices']))
+                raise MultilingError(f"parameter {f.name!r} must be one of {allowed}, got {v!r}")
             values[f.name] = v
         return cls(**values)
 
@@ -86,7 +89,8 @@ def numbers(kind: type = int, # int or float
     what = 'whole numbers' if kind is int else 'numbers'
     def convert(value):
         try: out = [check_param('value', x, kind, min, max) for x in _items(value) if str(x).strip()]
-        except MultilingError: raise MultilingError(f"must be comma-separated {what}{_range_text(min, max)}, got {value!r}") from None
+        except MultilingError:
+            raise MultilingError(f"must be comma-separated {what}{_range_text(min, max)}, got {value!r}") from None
         if not out: raise MultilingError(f"must hold at least one number, got {value!r}")
         return sorted(set(out))
     return convert
@@ -136,11 +140,12 @@ def layer_spec(*words: str) -> Callable:
         if value in words: return value
         try: return numbers(int, min=0)(value)
         except MultilingError:
-            raise MultilingError(f"must be {' or '.join(map(repr, words))} or comma-separated layers, got {value!r}") from None
+            allowed = ' or '.join(map(repr, words))
+            raise MultilingError(f"must be {allowed} or comma-separated layers, got {value!r}") from None
     return convert
 
 def device(value) -> str:
-    "A `convert`: a device name as `models.load_model` takes it ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'), kept as given."
+    "A `convert`: a device as `models.load_model` takes it ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'), kept as given."
     if not isinstance(value, str) or not re.fullmatch(r'auto|cpu|cuda(:\d+)?|mps', value):
         raise MultilingError(f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}")
     return value
@@ -151,7 +156,7 @@ MODEL_HELP = 'an offline name (models.offline_names()), a local folder or a Hugg
 def model_param(help: str = MODEL_HELP): return param(str, help)
 def out_dir_param(): return param(str, 'folder of the tables (relative paths start at the repository root)')
 def fig_dir_param(): return param(str, 'folder of the figures')
-def device_param(): return param(str, "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (a GPU when there is one)", convert=device)
+def device_param(): return param(str, "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (a GPU if any)", convert=device)
 def dtype_param(): return param(str, "'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16' or 'float16'",
                                 choices=DTYPES)
 def seed_param(): return param(int, 'random seed', min=0)
@@ -161,7 +166,8 @@ def seed_param(): return param(int, 'random seed', min=0)
 class ScriptStudyParams(NotebookParams):
     "The parameters of the script study (nbs/22_script_study.ipynb): the LIHA sweep on Latin and non-Latin languages."
     model: str = model_param()
-    languages: list = param(list, 'prompt languages, of both Latin and non-Latin scripts', convert=languages(at_least=2))
+    languages: list = param(list, 'prompt languages, of both Latin and non-Latin scripts',
+                            convert=languages(at_least=2))
     prompts: str = param(str, 'prompt CSV with id + one column per language; None: the committed set', optional=True)
     n_prompts: int = param(int, 'prompts per language', min=1)
     max_new_tokens: int = param(int, 'tokens generated at most per continuation', min=1)
@@ -187,7 +193,8 @@ class ScriptStudyParams(NotebookParams):
 class NeuronParams(NotebookParams):
     "The parameters of the language-neuron study (nbs/25_language_neurons.ipynb)."
     model: str = model_param()
-    languages: list = param(list, 'study languages (the negatives of one are the others)', convert=languages(at_least=2))
+    languages: list = param(list, 'study languages (the negatives of one are the others)',
+                            convert=languages(at_least=2))
     n_pos: int = param(int, 'positive sentences per language (scoring)', min=1)
     n_neg: int = param(int, 'negative sentences per language, drawn from the other languages', min=1)
     n_top: int = param(int, 'top and bottom units per language (1,000 + 1,000 as published)', min=1)
@@ -215,13 +222,13 @@ class NeuronParams(NotebookParams):
 
     def __post_init__(self):
         if self.score_split is not None and self.score_split == self.eval_split:
-            raise MultilingError(f"score_split and eval_split are both {self.score_split!r}: the tampering prompts must not "
-                                 "come from the scoring sentences")
+            raise MultilingError(f"score_split and eval_split are both {self.score_split!r}: the tampering prompts "
+                                 "must not come from the scoring sentences")
 
 # %% ../nbs/00_params.ipynb 17
 @dataclass
 class CltParams(NotebookParams):
-    "The parameters of the CLT study (nbs/23_clt_steering.ipynb): the studied model's CLT, then organisms' diffing and mixtures."
+    "The parameters of the CLT study (nbs/23_clt_steering.ipynb): a model's CLT; the organisms' diffing and mixtures."
     model: str = model_param('the model whose CLT is studied (features, probe, graph, steering)')
     languages: list = param(list, 'study languages (CLT training text, selectivity, steering pairs)',
                             convert=languages(at_least=2))
@@ -243,7 +250,8 @@ class CltParams(NotebookParams):
     min_share: float = param(float, "language-specific: share of a feature's activation mass in one language ...",
                              min=0.0, max=1.0)
     min_rate: float = param(float, "... and firing rate on that language's tokens", min=0.0, max=1.0)
-    graph_language: str = param(str, 'language of the attribution-graph prompt (one of languages)', convert=one_language)
+    graph_language: str = param(str, 'language of the attribution-graph prompt (one of languages)',
+                                convert=one_language)
     graph_prompt: int = param(int, 'index of that prompt in the committed prompt set', min=0)
     graph_max_nodes: int = param(int, 'active features the attribution graph starts from', min=1)
     graph_keep_nodes: int = param(int, 'features kept after pruning (most influence on the target)', min=1)
@@ -279,7 +287,7 @@ TASK_LANGUAGES = STUDY_LANGUAGES + SCRIPT_LANGUAGES   # the languages the task t
 class LanguageControlParams(NotebookParams):
     "The parameters of the language-control study (nbs/24_language_control.ipynb)."
     model: str = model_param()
-    languages: list = param(list, 'English plus the target languages (the task templates cover en fr de es it pt ru zh ja)',
+    languages: list = param(list, 'English plus the target languages (the templates cover en fr de es it pt ru zh ja)',
                             convert=languages(TASK_LANGUAGES, at_least=2))
     n_lens_prompts: int = param(int, 'parallel prompts per language (lens and similarity)', min=2)
     n_translation_prompts: int = param(int, 'prompts per (source, target) pair for the lens', min=2)
@@ -327,13 +335,15 @@ class RetrievalParams(NotebookParams):
     seed: int = seed_param()
     lengths: list = param(list, 'haystack lengths in tokens (the prompt adds needle + question)',
                           convert=numbers(int, min=8, max=100000))
-    depths: list = param(list, "needle depths (fractions of the haystack's verses)", convert=numbers(float, min=0.0, max=1.0))
+    depths: list = param(list, "needle depths (fractions of the haystack's verses)",
+                         convert=numbers(float, min=0.0, max=1.0))
     n_samples: int = param(int, 'haystacks per (length, depth)', min=1)
     pivot: str = param(str, "cross-language pairs: this language -> every other and back ('all': every pair)")
     threshold: float = param(float, 'retrieval / transition head threshold', min=0.0, max=1.0)
     top_k: int = param(int, 'heads masked per condition', min=1)
     n_random: int = param(int, 'random draws of top_k heads', min=0)
-    n_mask_prompts: int = param(int, 'prompts per needle task (same-language, cross-language) in the masking sweep', min=1)
+    n_mask_prompts: int = param(int, 'prompts per needle task (same-language, cross-language) in the masking sweep',
+                                min=1)
     max_new_tokens: int = param(int, 'tokens of a direct needle answer', min=1)
     think_new_tokens: int = param(int, 'tokens of a step-by-step needle answer (0: no step-by-step variant)', min=0)
     batch_size: int = param(int, 'rows per forward pass (attention tensors are large)', min=1)
@@ -394,11 +404,12 @@ def organism_languages(value) -> list[str]:
 
 @dataclass
 class OrganismQualityParams(NotebookParams):
-    "The parameters of the organism notebook (nbs/27_organism_quality.ipynb): which organisms to train or reuse, and their evaluation."
+    "The parameters of the organism notebook (nbs/27_organism_quality.ipynb): the organisms and their evaluation."
     size: str = param(str, "organism size: 'tiny' (minutes), 'small' (the experiments'; ~25 min each on a 2-core CPU), "
                            "'base' (a GPU)", convert=organism_size)
     steps: int = param(int, "optimizer steps per organism; None: the size's default", min=1, optional=True)
-    instruct_steps: int = param(int, "steps of the instruct fine-tuning; None: the size's default", min=1, optional=True)
+    instruct_steps: int = param(int, "steps of the instruct fine-tuning; None: the size's default", min=1,
+                                optional=True)
     mixtures: list = param(list, 'organisms to train (or reuse) and compare', convert=organism_mixtures)
     instruct: bool = param(bool, 'also train (or reuse) organism-balanced-<size>-instruct')
     languages: list = param(list, 'evaluation languages', convert=organism_languages)
