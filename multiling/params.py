@@ -11,11 +11,10 @@ from .core import MultilingError, check_param, parse_languages, SCRIPT_OF, STUDY
 from .data import SPLITS
 
 # %% auto 0
-__all__ = ['DTYPES', 'MODEL_HELP', 'TASK_LANGUAGES', 'SCENARIO_LABELS', 'param', 'NotebookParams', 'numbers', 'names', 'int_or',
-           'languages', 'one_language', 'layer_spec', 'device', 'model_param', 'out_dir_param', 'fig_dir_param',
-           'device_param', 'dtype_param', 'seed_param', 'ScriptStudyParams', 'NeuronParams', 'CltParams',
-           'LanguageControlParams', 'RetrievalParams', 'BaseInstructParams', 'organism_size', 'organism_mixtures',
-           'organism_languages', 'OrganismQualityParams']
+__all__ = ['DTYPES', 'MODEL_HELP', 'COMMON', 'TASK_LANGUAGES', 'SCENARIO_LABELS', 'param', 'NotebookParams', 'numbers', 'names',
+           'int_or', 'languages', 'one_language', 'layer_spec', 'device', 'model_param', 'common', 'ScriptStudyParams',
+           'NeuronParams', 'CltParams', 'LanguageControlParams', 'RetrievalParams', 'BaseInstructParams',
+           'organism_size', 'organism_mixtures', 'organism_languages', 'OrganismQualityParams']
 
 # %% ../nbs/00_params.ipynb 4
 def param(kind: type, # int, float, bool, str, or another type given with `convert`
@@ -154,12 +153,27 @@ DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 MODEL_HELP = 'an offline name (models.offline_names()), a local folder or a Hugging Face id'
 
 def model_param(help: str = MODEL_HELP): return param(str, help)
-def out_dir_param(): return param(str, 'folder of the tables (relative paths start at the repository root)')
-def fig_dir_param(): return param(str, 'folder of the figures')
-def device_param(): return param(str, "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (a GPU if any)", convert=device)
-def dtype_param(): return param(str, "'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16' or 'float16'",
-                                choices=DTYPES)
-def seed_param(): return param(int, 'random seed', min=0)
+
+COMMON = {   # parameters several studies share, each declared once: name -> (kind, meaning, checks)
+    'out_dir': (str, 'folder of the tables (relative paths start at the repository root)', {}),
+    'fig_dir': (str, 'folder of the figures', {}),
+    'device': (str, "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (a GPU if any)", dict(convert=device)),
+    'dtype': (str, "'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16' or 'float16'", dict(choices=DTYPES)),
+    'seed': (int, 'random seed', dict(min=0)),
+    'prompts': (str, 'prompt CSV with id + one column per language; None: the committed set', dict(optional=True)),
+    'n_prompts': (int, 'prompts per language', dict(min=1)),
+    'max_new_tokens': (int, 'tokens generated at most per continuation', dict(min=1)),
+    'decide_chars': (int, 'characters of a continuation its language is decided on', dict(min=1)),
+    'batch_size': (int, 'rows per forward pass', dict(min=1)),
+    'method': (str, "LIHA sweep engine (the same table): 'fast' or 'naive'", dict(choices=('fast', 'naive'))),
+    'resume': (bool, 'reuse checkpoint shards of the same sweep', {}),
+    'n_boot': (int, 'bootstrap resamples for the intervals', dict(min=100)),
+}
+
+def common(name: str): # a key of `COMMON`
+    "A dataclass field declaring the shared parameter `name` (a fresh field each call)."
+    kind, help, checks = COMMON[name]
+    return param(kind, help, **checks)
 
 # %% ../nbs/00_params.ipynb 11
 @dataclass
@@ -168,20 +182,20 @@ class ScriptStudyParams(NotebookParams):
     model: str = model_param()
     languages: list = param(list, 'prompt languages, of both Latin and non-Latin scripts',
                             convert=languages(at_least=2))
-    prompts: str = param(str, 'prompt CSV with id + one column per language; None: the committed set', optional=True)
-    n_prompts: int = param(int, 'prompts per language', min=1)
-    max_new_tokens: int = param(int, 'tokens generated at most per continuation', min=1)
-    decide_chars: int = param(int, 'characters of a continuation its language is decided on', min=1)
-    out_dir: str = out_dir_param()
-    fig_dir: str = fig_dir_param()
-    device: str = device_param()
-    dtype: str = dtype_param()
-    seed: int = seed_param()
-    batch_size: int = param(int, 'rows per forward pass', min=1)
-    method: str = param(str, "sweep engine (the same table): 'fast' or 'naive'", choices=('fast', 'naive'))
-    resume: bool = param(bool, 'reuse checkpoint shards of the same sweep')
+    prompts: str = common('prompts')
+    n_prompts: int = common('n_prompts')
+    max_new_tokens: int = common('max_new_tokens')
+    decide_chars: int = common('decide_chars')
+    out_dir: str = common('out_dir')
+    fig_dir: str = common('fig_dir')
+    device: str = common('device')
+    dtype: str = common('dtype')
+    seed: int = common('seed')
+    batch_size: int = common('batch_size')
+    method: str = common('method')
+    resume: bool = common('resume')
     top_k: int = param(int, 'top heads listed per script group and script', min=1)
-    n_boot: int = param(int, 'bootstrap resamples for the intervals', min=100)
+    n_boot: int = common('n_boot')
 
     def __post_init__(self):
         scripts = {SCRIPT_OF[l] == 'Latin' for l in self.languages or []}
@@ -213,11 +227,11 @@ class NeuronParams(NotebookParams):
     eval_split: str = param(str, 'corpus split of the translation prompts (not the scoring split)', choices=SPLITS)
     batch_size: int = param(int, 'sentences per forward pass when collecting activations', min=1)
     gen_batch_size: int = param(int, 'rows per forward pass when generating', min=1)
-    out_dir: str = out_dir_param()
-    fig_dir: str = fig_dir_param()
-    device: str = device_param()
-    dtype: str = dtype_param()
-    seed: int = seed_param()
+    out_dir: str = common('out_dir')
+    fig_dir: str = common('fig_dir')
+    device: str = common('device')
+    dtype: str = common('dtype')
+    seed: int = common('seed')
     resume: bool = param(bool, 'reuse the tampering sweep\'s checkpoint shards')
 
     def __post_init__(self):
@@ -232,11 +246,11 @@ class CltParams(NotebookParams):
     model: str = model_param('the model whose CLT is studied (features, probe, graph, steering)')
     languages: list = param(list, 'study languages (CLT training text, selectivity, steering pairs)',
                             convert=languages(at_least=2))
-    out_dir: str = out_dir_param()
-    fig_dir: str = fig_dir_param()
-    device: str = device_param()
-    dtype: str = dtype_param()
-    seed: int = seed_param()
+    out_dir: str = common('out_dir')
+    fig_dir: str = common('fig_dir')
+    device: str = common('device')
+    dtype: str = common('dtype')
+    seed: int = common('seed')
     n_train_verses: int = param(int, 'verses per language for CLT training (train split)', min=1)
     n_eval_verses: int = param(int, 'verses per language, held out (valid split): quality, selectivity, probe', min=2)
     max_length: int = param(int, 'tokens kept per verse', min=4, max=1024)
@@ -309,12 +323,12 @@ class LanguageControlParams(NotebookParams):
                                min=0.0)
     train_batch_size: int = param(int, 'examples per fine-tuning step', min=1)
     max_new_tokens: int = param(int, 'tokens generated per answer', min=1)
-    batch_size: int = param(int, 'rows per forward pass', min=1)
-    out_dir: str = out_dir_param()
-    fig_dir: str = fig_dir_param()
-    device: str = device_param()
-    dtype: str = dtype_param()
-    seed: int = seed_param()
+    batch_size: int = common('batch_size')
+    out_dir: str = common('out_dir')
+    fig_dir: str = common('fig_dir')
+    device: str = common('device')
+    dtype: str = common('dtype')
+    seed: int = common('seed')
 
     def __post_init__(self):
         if self.languages is not None and 'en' not in self.languages:
@@ -328,11 +342,11 @@ class RetrievalParams(NotebookParams):
     "The parameters of the retrieval-head study (nbs/26_retrieval_heads.ipynb)."
     model: str = model_param('the model studied')
     languages: list = param(list, 'study languages (needle and question languages)', convert=languages(at_least=2))
-    out_dir: str = out_dir_param()
-    fig_dir: str = fig_dir_param()
-    device: str = device_param()
-    dtype: str = dtype_param()
-    seed: int = seed_param()
+    out_dir: str = common('out_dir')
+    fig_dir: str = common('fig_dir')
+    device: str = common('device')
+    dtype: str = common('dtype')
+    seed: int = common('seed')
     lengths: list = param(list, 'haystack lengths in tokens (the prompt adds needle + question)',
                           convert=numbers(int, min=8, max=100000))
     depths: list = param(list, "needle depths (fractions of the haystack's verses)",
@@ -367,19 +381,19 @@ class BaseInstructParams(NotebookParams):
     base_model: str = model_param('the base model: an offline name, a local folder or a Hugging Face id')
     instruct_model: str = model_param('its instruction-tuned variant (same architecture and tokenizer)')
     languages: list = param(list, 'prompt languages (comma-separated codes)', convert=languages())
-    prompts: str = param(str, 'prompt CSV with id + one column per language; None: the committed set', optional=True)
-    n_prompts: int = param(int, 'prompts per language', min=1)
-    max_new_tokens: int = param(int, 'tokens generated at most per continuation', min=1)
-    decide_chars: int = param(int, 'characters of a continuation its language is decided on', min=1)
-    out_dir: str = out_dir_param()
-    fig_dir: str = fig_dir_param()
-    device: str = device_param()
-    dtype: str = dtype_param()
-    seed: int = seed_param()
-    batch_size: int = param(int, 'rows per forward pass', min=1)
-    method: str = param(str, "sweep engine (the same table): 'fast' or 'naive'", choices=('fast', 'naive'))
-    resume: bool = param(bool, 'reuse checkpoint shards of the same sweep')
-    n_boot: int = param(int, 'bootstrap resamples for the intervals', min=100)
+    prompts: str = common('prompts')
+    n_prompts: int = common('n_prompts')
+    max_new_tokens: int = common('max_new_tokens')
+    decide_chars: int = common('decide_chars')
+    out_dir: str = common('out_dir')
+    fig_dir: str = common('fig_dir')
+    device: str = common('device')
+    dtype: str = common('dtype')
+    seed: int = common('seed')
+    batch_size: int = common('batch_size')
+    method: str = common('method')
+    resume: bool = common('resume')
+    n_boot: int = common('n_boot')
 
     def __post_init__(self):
         if self.base_model is not None and self.base_model == self.instruct_model:
@@ -418,8 +432,8 @@ class OrganismQualityParams(NotebookParams):
     n_instruction_prompts: int = param(int, 'prompts per task and asked language for instruction following', min=1)
     max_new_tokens: int = param(int, 'tokens generated per continuation or answer', min=1)
     models_dir: str = param(str, 'where organisms are written and found')
-    out_dir: str = out_dir_param()
-    fig_dir: str = fig_dir_param()
-    seed: int = seed_param()
-    device: str = device_param()
-    dtype: str = dtype_param()
+    out_dir: str = common('out_dir')
+    fig_dir: str = common('fig_dir')
+    seed: int = common('seed')
+    device: str = common('device')
+    dtype: str = common('dtype')
