@@ -65,22 +65,20 @@ models: data data/models/gemma-3-270m/config.json
 # data/runs/<run>.done): replace the estimates with those. The smoke run (SIZE=tiny) measured 8.5 min for its runs,
 # plus about 17 min to train the tiny organisms once (2 shared cores, OMP_NUM_THREADS=1).
 MIN_27_organism_quality := 15
-MIN_20_liha := 40
-MIN_21_base_vs_instruct := 25
-MIN_22_script_study := 30
-MIN_23_clt_steering := 60
-MIN_24_language_control := 6
-MIN_25_language_neurons := 45
-MIN_26_retrieval_heads := 12
+MIN_20_liha := 50
+MIN_21_base_vs_instruct := 10
+MIN_22_script_study := 15
+MIN_23_clt_steering := 50
+MIN_24_language_control := 16
+MIN_25_language_neurons := 35
+MIN_26_retrieval_heads := 15
 MIN_30_claims := 1
-# More runs of a notebook on another model (not in the smoke run): NB_<run> its notebook, PAR_<run> its parameters over
-# the defaults (an organism a run names follows SIZE). Notebook 24 runs on the instruct organism by default and on
-# gemma-3-270m here; if its default becomes gemma-3-270m, make this run model=organism-balanced-small-instruct.
-EXTRA_RUNS := 24_language_control-gemma
-NB_24_language_control-gemma := nbs/24_language_control.ipynb
-PAR_24_language_control-gemma := model=gemma-3-270m
-MIN_24_language_control-gemma := 16
-# the smoke run asks every question of the tiny organism (its studies ran on it, gemma-3-270m's too)
+# the headline of 24 is gemma-3-270m (its default); the organism run is the second one
+EXTRA_RUNS := 24_language_control-organism
+NB_24_language_control-organism := nbs/24_language_control.ipynb
+PAR_24_language_control-organism := model=organism-balanced-small-instruct n_items=10 n_train=512 finetune_steps=200 \
+  train_batch_size=16 finetune_lr=1e-3
+MIN_24_language_control-organism := 6
 PAR_30_claims = $(if $(filter tiny,$(SIZE)),model=organism-balanced-tiny)
 # the organism notebook evaluates the organisms `make models` trained, and is re-made when they change
 PAR_$(ORGANISMS) = size=$(SIZE) models_dir=data/models steps=None instruct_steps=None

@@ -60,7 +60,7 @@ def collect_activations(model: LoadedModel, # the model
         chunk = list(texts[i:i + batch_size])
         ids = [tok(t, add_special_tokens=False).input_ids[:max_length] for t in chunk]
         batch = model.encode(ids=ids)
-        r = forward(model, batch, save=['mlp_in', 'mlp_out'])
+        r = forward(model, batch, save=['mlp_in', 'mlp_out'], last=1)   # activations only: unembed one position
         mask = real_token_mask(model, batch)
         ins.append(r['mlp_in'][:, mask].float().cpu())
         outs.append(r['mlp_out'][:, mask].float().cpu())

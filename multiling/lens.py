@@ -159,7 +159,7 @@ def language_probability_by_layer(model: LoadedModel, # a loaded model
     L = model.adapter.n_layers; out = []
     for s in tqdm(range(0, len(table), batch_size), disable=not progress, desc='logit lens'):
         rows = table.iloc[s:s + batch_size]
-        resid = forward(model, rows.prompt.tolist(), save=['resid'])['resid'][:, :, -1]   # [L, b, d]
+        resid = forward(model, rows.prompt.tolist(), save=['resid'], last=1)['resid'][:, :, -1]   # [L, b, d]
         logits = lens_logits(model, resid, ids)                                             # [L, b, |U|]
         logz = torch.logsumexp(logits, -1) if normalize == 'union' else _full_logsumexp(model, resid)
         p = torch.exp(logits - logz[..., None])
@@ -215,7 +215,7 @@ def pooled_hidden_states(model: LoadedModel, # a loaded model
     out = []
     bos = model.tokenizer.bos_token_id
     for s in range(0, len(texts), batch_size):
-        r = forward(model, list(texts[s:s + batch_size]), save=['resid'])
+        r = forward(model, list(texts[s:s + batch_size]), save=['resid'], last=1)
         b = r['batch']; keep = b.attention_mask.bool().clone()
         if bos is not None:
             first = keep.float().argmax(-1)

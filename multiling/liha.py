@@ -277,7 +277,7 @@ def broadcasters(model, # a LoadedModel
         full = (chunk['prompt'] + chunk['clean_text']).tolist()
         plen = model.encode(chunk['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
         batch = model.encode(full, add_bos=add_bos)
-        with torch.no_grad(): att = forward(model, batch, attentions=True)['attentions']  # [L, b, H, q, k]
+        with torch.no_grad(): att = forward(model, batch, attentions=True, last=1)['attentions']  # [L, b, H, q, k]
         mask = batch.attention_mask
         width = mask.shape[1]
         first = width - mask.sum(1)

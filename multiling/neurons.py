@@ -94,7 +94,7 @@ def collect_unit_activations(model: LoadedModel,
     n_tokens = torch.empty(len(texts))
     for i in tqdm(range(0, len(texts), batch_size), disable=not progress, desc='unit activations'):
         batch, pool = _sentence_batch(model, texts[i:i + batch_size], max_tokens)
-        r = forward(model, batch, save=save)
+        r = forward(model, batch, save=save, last=1)   # the units are read; only one position is unembedded
         w = pool.float(); n = w.sum(1); b = len(n)
         means, shares = [], []
         for s in save:

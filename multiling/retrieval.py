@@ -213,7 +213,7 @@ def answer_attention(model: LoadedModel, # the model
         chunk = rows[i:i + batch_size]
         full = [list(p) + list(a) for p, a in chunk]
         batch = model.encode(ids=full, add_bos=False)
-        res = forward(model, batch, interventions=interventions, attentions=True)
+        res = forward(model, batch, interventions=interventions, attentions=True, last=1)   # attention only
         att = res['attentions']  # [L, b, H, q, k]
         W = batch.input_ids.shape[1]
         for j, (p, a) in enumerate(chunk):
