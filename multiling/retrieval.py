@@ -168,10 +168,6 @@ def build_needle_prompts(model: LoadedModel, # the model (its tokenizer sizes th
                     out.append(p)
     return out
 
-def _context_length(model: LoadedModel) -> int:
-    "Kept for notebook 26 until it reads `model.context_length` (issue 19)."
-    return model.context_length
-
 # %% ../nbs/13_retrieval.ipynb 14
 def _argmax_keys(attn: torch.Tensor) -> torch.Tensor:
     "attn [..., q, k] -> most-attended key per query [..., q]."
