@@ -469,10 +469,14 @@ def run_tampering(model: LoadedModel,
              for li, lang in enumerate(tqdm(languages, disable=not progress, desc='tampering'))]
     return pd.concat(parts, ignore_index=True)
 
-def tampering_summary(gens: pd.DataFrame, by=('prompt_type', 'condition', 'n_units'), n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    "Share of outputs in the target language per group, with a bootstrap 95% interval over outputs."
-    from multiling.stats import grouped_bootstrap_ci
-    return grouped_bootstrap_ci(gens, list(by), 'in_target', n_boot=n_boot, seed=seed).rename(columns={'in_target': 'share_in_target'})
+def tampering_summary(gens: pd.DataFrame, # from `run_tampering` (0/1 `in_target` per output)
+                      by=('prompt_type', 'condition', 'n_units'), # grouping columns
+                      level: float = 0.95) -> pd.DataFrame:
+    """Per group: n outputs, k in the target language, `share_in_target` and its Wilson interval over outputs
+    (`ci_low`, `ci_high`; a share of 0 still gets an upper bound above 0)."""
+    from multiling.stats import grouped_proportion_ci
+    shares = grouped_proportion_ci(gens.assign(in_target=gens.in_target.astype(int)), list(by), 'in_target', level)
+    return shares.rename(columns={'in_target': 'share_in_target'})
 
 # %% ../nbs/10_neurons.ipynb 43
 def plot_overlap(ov: pd.DataFrame, # from `set_overlap`

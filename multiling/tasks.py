@@ -370,16 +370,19 @@ OUTCOMES = ('both', 'transfer_bottleneck', 'consistency_bottleneck', 'neither')
 
 def failure_modes(scored: pd.DataFrame, # from `score_responses`
                   by=('task', 'scenario'), # grouping columns
-                  n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    "Accuracy, consistency (with bootstrap intervals) and the share of each outcome, per group."
-    from multiling.stats import bootstrap_ci
-    by = list(by); rows = []
+                  level: float = 0.95) -> pd.DataFrame:
+    """Accuracy and consistency with their Wilson intervals over the answers (`<name>_low`, `<name>_high`; a rate of 0
+    still gets an upper bound above 0), and the share of each outcome, per group."""
+    from multiling.stats import proportion_ci
+    by = list(by)
+    rows = []
     for key, g in scored.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(by, key), n=len(g))
         for col, name in (('correct', 'accuracy'), ('consistent', 'consistency')):
-            v = g[col].astype(float).to_numpy(); lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
-            row.update({name: v.mean(), f'{name}_low': lo, f'{name}_high': hi})
+            k = int(g[col].astype(bool).sum())
+            lo, hi = proportion_ci(k, len(g), level)
+            row.update({name: k / len(g), f'{name}_low': lo, f'{name}_high': hi})
         row.update({o: float((g.outcome == o).mean()) for o in OUTCOMES})
         row['undetected'] = float((g.detected == 'unknown').mean())
         rows.append(row)

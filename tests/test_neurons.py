@@ -137,6 +137,18 @@ def test_tampering_sweep_resumes_from_its_checkpoints(tiny, acts, tmp_path):
         N.run_tampering(tiny, runs, med, acts.units, LANGS, prompts, max_new_tokens=6, out_dir=tmp_path / 'ckpt')
 
 
+def test_tampering_summary_gives_a_zero_share_a_wilson_interval_above_zero():
+    gens = pd.DataFrame(dict(prompt_type='translation', condition=['none'] * 6 + ['ap'] * 6, n_units=[0] * 6 + [10] * 6,
+                             in_target=[0] * 6 + [1, 1, 1, 0, 0, 0]))
+    s = N.tampering_summary(gens).set_index('condition')
+    z2 = 1.959964 ** 2
+    assert s.loc['none', 'share_in_target'] == 0 and s.loc['none', 'ci_low'] == 0
+    assert np.isclose(s.loc['none', 'ci_high'], z2 / (6 + z2))    # 0 of 6 outputs: [0, 0.39], not [0, 0]
+    half = np.sqrt(z2) / (1 + z2 / 6) * np.sqrt(0.25 / 6 + z2 / (4 * 36))   # Wilson at 3 of 6, centred on 1/2
+    assert np.allclose(s.loc['ap', ['ci_low', 'ci_high']].astype(float), [0.5 - half, 0.5 + half])
+    assert s.loc['ap', ['n', 'k']].tolist() == [6, 3]
+
+
 def test_notebook_refuses_scoring_and_evaluating_on_one_split(tmp_path):
     out = tmp_path / 'out'
     nb = tmp_path / 'run.ipynb'

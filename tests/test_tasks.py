@@ -46,6 +46,20 @@ def test_mc_scoring_with_ten_options_and_letters_in_words():
     assert s.correct.tolist() == [True, False, True]
 
 
+def test_failure_modes_give_a_zero_rate_a_wilson_interval_above_zero():
+    # 3 answers per task; arithmetic: none right, none in the target language; qa: all right and consistent
+    scored = pd.DataFrame(dict(task=['arithmetic'] * 3 + ['qa'] * 3, correct=[False] * 3 + [True] * 3,
+                               consistent=[False] * 3 + [True] * 3, detected=['en'] * 3 + ['fr'] * 3,
+                               outcome=['neither'] * 3 + ['both'] * 3))
+    modes = tasks.failure_modes(scored, by=['task']).set_index('task')
+    z2 = 1.959964 ** 2
+    for name in ('accuracy', 'consistency'):
+        zero, full = modes.loc['arithmetic'], modes.loc['qa']
+        assert zero[name] == 0 and zero[f'{name}_low'] == 0
+        assert np.isclose(zero[f'{name}_high'], z2 / (3 + z2))     # Wilson at k = 0: n / (n + z^2) below 1, not 0
+        assert full[name] == 1 and full[f'{name}_high'] == 1 and np.isclose(full[f'{name}_low'], 3 / (3 + z2))
+
+
 class _FakeDataset:
     def __init__(self, df): self.df = df
     def to_pandas(self): return self.df.copy()
