@@ -165,15 +165,23 @@ class CLT(torch.nn.Module):
         "Feature activations of MLP inputs."
         return self.activate(self.pre(mlp_in, layer), layer)
 
+    def _decode_side(self, side: torch.Tensor, # [..., (target + 1) F]: the activations of layers 0..target side by side
+                     target: int, decoders) -> torch.Tensor:
+        "One matmul per target: its source layers' decoders stacked as one [(target + 1) F, d] matrix."
+        w = torch.cat([decoders[l][target - l] for l in range(target + 1)])
+        return (side @ w + self.b_dec[target]) / self.out_scale[target]
+
     def decode_layer(self, acts: Sequence[torch.Tensor] | torch.Tensor, target: int) -> torch.Tensor:
         "Reconstruction of the MLP output of layer `target` (model units) from the activations of layers <= target."
-        out = self.b_dec[target]
-        for l in range(target + 1): out = out + acts[l] @ self.W_dec[l][target - l]
-        return out / self.out_scale[target]
+        return self._decode_side(torch.cat([acts[l] for l in range(target + 1)], -1), target, self.W_dec)
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         "Reconstructions of every layer's MLP output: [L, ..., F] -> [L, ..., d] (model units)."
-        return torch.stack([self.decode_layer(acts, t) for t in range(self.cfg.n_layers)])
+        Fn = self.cfg.n_features
+        side = acts.movedim(0, -2).flatten(-2)                    # [..., L F]: every layer's activations side by side
+        # views of each source's decoders: backward stacks one gradient per source, not one zero-filled copy per pair
+        decoders = [w.unbind(0) for w in self.W_dec]
+        return torch.stack([self._decode_side(side[..., :(t + 1) * Fn], t, decoders) for t in range(self.cfg.n_layers)])
 
     def forward(self, mlp_in: torch.Tensor): 
         acts = self.encode(mlp_in)

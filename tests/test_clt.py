@@ -53,6 +53,34 @@ def test_bad_config():
         CLT(CLTConfig(n_layers=2, d_model=8, activation='relu'))
 
 
+def _loop_decode(clt, acts):
+    "Every layer's reconstruction as a loop over (source, target) pairs, one small matmul each (the pre-batching code)."
+    L = clt.cfg.n_layers
+    return torch.stack([(clt.b_dec[t] + sum(acts[l] @ clt.W_dec[l][t - l] for l in range(t + 1))) / clt.out_scale[t]
+                        for t in range(L)])
+
+
+def test_batched_decode_equals_the_pair_loop_with_its_gradients():
+    torch.manual_seed(0)
+    clt = CLT(CLTConfig(n_layers=5, d_model=24, n_features=12))
+    with torch.no_grad():
+        for w in [*clt.W_dec, clt.b_dec]: w.normal_()
+        clt.out_scale.uniform_(0.5, 2.0)
+    acts = torch.rand(5, 3, 7, 12).requires_grad_()                     # [L, batch, pos, F]
+    fast, slow = clt.decode(acts), _loop_decode(clt, acts)
+    assert fast.shape == (5, 3, 7, 24) and torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
+    for t in range(5):
+        assert torch.allclose(clt.decode_layer([acts[l] for l in range(t + 1)], t), slow[t], atol=1e-5, rtol=1e-5)
+    # training differentiates the decode: the same gradients for the activations and every decoder
+    probe = torch.randn_like(fast)
+    g_fast = torch.autograd.grad((fast * probe).sum(), [acts, *clt.W_dec, clt.b_dec])
+    g_slow = torch.autograd.grad((slow * probe).sum(), [acts, *clt.W_dec, clt.b_dec])
+    for a, b in zip(g_fast, g_slow): assert torch.allclose(a, b, atol=1e-4, rtol=1e-5)
+    # the parameters keep their names and shapes: CLT files saved before the batching load unchanged
+    assert [k for k in clt.state_dict() if k.startswith('W_dec')] == [f'W_dec.{l}' for l in range(5)]
+    assert [tuple(w.shape) for w in clt.W_dec] == [(5 - l, 12, 24) for l in range(5)]
+
+
 def _hand_edge(model, clt, batch, src, dst):
     """Direct effect of feature src=(0, p, f) on the pre-activation of dst=(1, q, g), written out with GPT-2's weights:
     the decoder vector enters the residual stream at p; block 1's LayerNorms divide by the clean run's standard
