@@ -171,7 +171,8 @@ def name_pattern(name: str, # a key of NAMES
 
 def any_language_pattern(names: list[str]) -> str:
     "One regex matching any of `names` in any task language (for scoring answers whatever their language)."
-    return '|'.join(sorted({name_pattern(n, l) for n in names for l in TASK_LANGUAGES}, key=len, reverse=True))
+    # longest first; ties in text order, so that the pattern (written into result tables) is the same in every process
+    return '|'.join(sorted({name_pattern(n, l) for n in names for l in TASK_LANGUAGES}, key=lambda p: (-len(p), p)))
 
 # %% ../nbs/11_tasks.ipynb 16
 QA_QUESTIONS = {

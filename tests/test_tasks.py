@@ -1,5 +1,5 @@
 "Task generators, scenarios, scoring and the Hugging Face loaders (with a stand-in `datasets`)."
-import re, sys, types
+import os, re, subprocess, sys, types
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,6 +44,14 @@ def test_mc_scoring_with_ten_options_and_letters_in_words():
                            response=['La réponse est (J).', 'A', 'Bible B']))
     s = tasks.score_responses(df)
     assert s.correct.tolist() == [True, False, True]
+
+
+def test_answer_patterns_are_the_same_in_every_process():
+    "The alternatives of a pattern came from a set: their order followed the string hash seed of the process."
+    code = "from multiling import tasks; print(tasks.any_language_pattern(['samuel', 'moses', 'david']))"
+    runs = {subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                           env={**os.environ, 'PYTHONHASHSEED': seed}).stdout for seed in ('1', '2', '3')}
+    assert len(runs) == 1 and 'Samuel' in runs.pop()
 
 
 def test_failure_modes_give_a_zero_rate_a_wilson_interval_above_zero():
