@@ -19,7 +19,7 @@ from .interventions import Edit, FREEZE, forward
 # %% auto 0
 __all__ = ['Activations', 'real_token_mask', 'collect_activations', 'wide_to_texts', 'JumpReLU', 'CLTConfig', 'CLT', 'fit_scales',
            'clt_loss', 'train_clt', 'save_clt', 'load_clt', 'train_or_load_clt', 'clt_metrics', 'replacement_forward',
-           'spliced_forward', 'next_token_loss', 'splice_report', 'plot_quality']
+           'spliced_forward', 'next_token_loss', 'splice_report']
 
 # %% ../nbs/14_clt.ipynb 6
 @dataclass
@@ -122,7 +122,7 @@ class CLTConfig:
     meta: dict = field(default_factory=dict)  # training summary, free-form
 
 class CLT(torch.nn.Module):
-    "Cross-layer transcoder: per layer an encoder of the normalised MLP input; decoders to it and every later MLP output."
+    "Cross-layer transcoder: per layer an encoder of the normalised MLP input, decoders to its and later MLP outputs."
     def __init__(self, cfg: CLTConfig):
         super().__init__()
         if cfg.activation not in ('jumprelu', 'topk'):
@@ -134,8 +134,8 @@ class CLT(torch.nn.Module):
         self.W_enc = torch.nn.Parameter(torch.randn(L, d, Fn) / math.sqrt(d))
         self.b_enc = torch.nn.Parameter(torch.zeros(L, Fn))
         self.log_threshold = torch.nn.Parameter(torch.full((L, Fn), math.log(cfg.threshold_init)))
-        self.W_dec = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(L - l, Fn, d) / math.sqrt(Fn * (L - l)) * 0.1)
-                                             for l in range(L)])
+        self.W_dec = torch.nn.ParameterList([
+            torch.nn.Parameter(torch.randn(L - l, Fn, d) / math.sqrt(Fn * (L - l)) * 0.1) for l in range(L)])
         self.b_dec = torch.nn.Parameter(torch.zeros(L, d))
         self.register_buffer('in_scale', torch.ones(L))
         self.register_buffer('out_scale', torch.ones(L))
@@ -266,8 +266,10 @@ def train_clt(acts: Activations, # training activations (from `collect_activatio
     log = []
     for step in trange(steps, disable=not progress, desc='CLT'):
         idx = torch.randint(0, n, (min(batch_size, n),), generator=g)
-        # the sparsity penalty ramps up over 80% of a fresh training; the rate warms up over 5%, decays over the last 20%
-        ramp = cfg.sparsity_coef * min(1.0, (step + 1) / max(1, int(0.8 * steps))) if init is None else cfg.sparsity_coef
+        # the sparsity penalty ramps up over 80% of a fresh training;
+        # the rate warms up over 5% and decays over the last 20%
+        ramp = cfg.sparsity_coef
+        if init is None: ramp *= min(1.0, (step + 1) / max(1, int(0.8 * steps)))
         decay = 1.0 if step < 0.8 * steps else (steps - step) / (0.2 * steps)
         lr_now = lr * min(1.0, (step + 1) / max(1, steps // 20)) * decay
         for grp in opt.param_groups: grp['lr'] = lr_now
@@ -403,7 +405,7 @@ def next_token_loss(model: LoadedModel, texts: Sequence[str], # the model and te
 def splice_report(model: LoadedModel, clt: CLT,
                   acts: Activations, texts: Sequence[str], # held-out activations and texts
                   batch_size: int = 16, max_length: int = 64) -> pd.DataFrame:
-    "`clt_metrics` per layer, the next-token loss with only that layer spliced, and a row 'all' with every layer spliced."
+    "`clt_metrics` per layer, the next-token loss with only that layer spliced, and a row 'all' with all spliced."
     rep = clt_metrics(clt, acts)
     clean = next_token_loss(model, texts, batch_size=batch_size, max_length=max_length)
     rep['spliced_loss'] = [next_token_loss(model, texts, clt, [l], batch_size, max_length) for l in rep.layer]
@@ -417,32 +419,6 @@ def splice_report(model: LoadedModel, clt: CLT,
     return rep
 
 # %% ../nbs/14_clt.ipynb 33
-def plot_quality(rep: pd.DataFrame, title: str = ''):
-    "Explained variance, L0 and next-token loss (clean vs spliced) by layer, from `splice_report`."
-    import matplotlib.pyplot as plt
-    per = rep[rep.layer != 'all'].astype({'layer': int})
-    allr = rep[rep.layer == 'all'].iloc[0]
-    fig, axs = plt.subplots(1, 3, figsize=(11, 3.2))
-    axs[0].plot(per.layer, per.explained_variance, 'o-')
-    axs[0].set_ylim(min(0, per.explained_variance.min()), 1)
-    axs[0].set_title('explained variance of MLP output')
-    axs[0].set_xlabel('layer')
-    axs[1].plot(per.layer, per.l0, 'o-', label='mean L0')
-    axs[1].plot(per.layer, per.dead_features, 's--', label='dead features')
-    axs[1].set_title('active / dead features')
-    axs[1].set_xlabel('layer')
-    axs[1].legend(fontsize='small')
-    axs[2].bar([str(l) for l in per.layer] + ['all'], list(per.spliced_loss) + [allr.spliced_loss], color='tab:orange',
-               label='CLT spliced')
-    axs[2].axhline(allr.clean_loss, color='k', ls='--', label='clean model')
-    axs[2].set_title('next-token loss (nats)')
-    axs[2].set_xlabel('layer(s) spliced')
-    axs[2].legend(fontsize='small')
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/14_clt.ipynb 36
 _SPLIT = ('clt_features', 'clt_graph', 'clt_steering')   # chapters split from this one (issue 19)
 
 def __getattr__(name: str):

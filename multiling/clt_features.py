@@ -15,7 +15,7 @@ from .clt import CLT, Activations
 
 # %% auto 0
 __all__ = ['feature_language_stats', 'language_selectivity', 'selectivity_counts', 'language_features', 'language_probe',
-           'probe_by_layer', 'plot_selectivity', 'plot_mixtures']
+           'probe_by_layer']
 
 # %% ../nbs/17_clt_features.ipynb 6
 def feature_language_stats(clt: CLT, acts: Activations, batch_size: int = 4096) -> dict:
@@ -131,42 +131,3 @@ def probe_by_layer(acts: Activations, **kw) -> pd.DataFrame:
         probe = language_probe(acts.mlp_in[l], acts.lang, acts.text_index, **kw)
         rows.append(dict(layer=l, **{k: v for k, v in probe.items() if k != 'classes'}))
     return pd.DataFrame(rows)
-
-# %% ../nbs/17_clt_features.ipynb 15
-def plot_selectivity(counts: pd.DataFrame, title: str = ''):
-    "Shared vs language-specific features by layer (fractions of live features), from `selectivity_counts`."
-    import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 2, figsize=(10, 3.4))
-    allc = counts[counts.language == 'all'].pivot_table(index='layer', columns='category', values='count', aggfunc='sum')
-    allc = allc.fillna(0)
-    bottom = np.zeros(len(allc))
-    for cat, col in (('shared', 'tab:green'), ('specific', 'tab:purple'), ('rare', 'lightgrey')):
-        if cat in allc:
-            axs[0].bar(allc.index.astype(str), allc[cat], bottom=bottom, label=cat, color=col)
-            bottom += allc[cat].values
-    axs[0].set_xlabel('layer')
-    axs[0].set_ylabel('features')
-    axs[0].legend(fontsize='small')
-    axs[0].set_title('features by class')
-    spec = counts[(counts.category == 'specific') & (counts.language != 'all')]
-    for lang, g in spec.groupby('language'): axs[1].plot(g.layer, g.fraction_of_live, 'o-', label=lang)
-    axs[1].set_xlabel('layer')
-    axs[1].set_ylabel('fraction of live features')
-    axs[1].set_title('language-specific, by language')
-    if len(spec): axs[1].legend(fontsize='small', ncol=2)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-def plot_mixtures(counts: pd.DataFrame, title: str = ''):
-    "Fraction of live features that are language-specific, by layer, one line per model."
-    import matplotlib.pyplot as plt
-    c = counts[(counts.category == 'specific') & (counts.language == 'all')]
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for mdl, g in c.groupby('model'): ax.plot(g.layer, g.fraction_of_live, 'o-', label=mdl)
-    ax.set_xlabel('layer')
-    ax.set_ylabel('language-specific / live features')
-    ax.legend(fontsize='small')
-    ax.set_title(title or 'language-specific features by training mixture', fontsize=10)
-    fig.tight_layout()
-    return fig

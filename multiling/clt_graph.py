@@ -64,7 +64,7 @@ def _target_fn(target):
     return lambda lg: lg[int(target)]
 
 def attribution_edges(model: LoadedModel, clt: CLT, prompt: str | Batch,
-                      target: int | tuple[int, int], # token id, or (token_a, token_b): logit(a) - logit(b), last position
+                      target: int | tuple[int, int], # token id, or (a, b): logit(a) - logit(b), last position
                       max_nodes: int = 200, # candidate features (the most active) whose incoming edges are computed
                       add_bos: bool | None = None):
     "Active feature nodes and the dense direct-effect matrix among them and to the target (row/col n = target)."

@@ -19,7 +19,7 @@ from .clt_graph import AttributionGraph
 
 # %% auto 0
 __all__ = ['steering_vectors', 'language_steering', 'continuation_perplexity', 'steering_sweep', 'steering_summary',
-           'finetune_lm', 'feature_diff', 'graph_diff', 'plot_steering', 'diff_summary', 'plot_diff']
+           'finetune_lm', 'feature_diff', 'graph_diff', 'diff_summary']
 
 # %% ../nbs/19_clt_steering.ipynb 5
 def steering_vectors(clt: CLT, changes: Sequence[tuple[int, int, float]], # (layer, feature, activation change)
@@ -166,29 +166,6 @@ def graph_diff(g_a: AttributionGraph, g_b: AttributionGraph) -> pd.DataFrame:
     return e.sort_values('change', key=abs, ascending=False).reset_index(drop=True)
 
 # %% ../nbs/19_clt_steering.ipynb 16
-def plot_steering(summary: pd.DataFrame, title: str = ''):
-    "Switch, fluent and switched-and-fluent rates vs steering strength; a line per target language (mean over sources)."
-    import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
-    cols = ['switch_rate', 'fluent_rate', 'switched_and_fluent']
-    m = summary.groupby(['target', 'strength'])[cols].mean().reset_index()
-    levels = sorted(summary.strength.unique())
-    at = {s: i for i, s in enumerate(levels)}   # equally spaced strengths
-    for ax, col in zip(axs, ['switch_rate', 'fluent_rate', 'switched_and_fluent']):
-        for tgt, g in m.groupby('target'): ax.plot(g.strength.map(at), g[col], 'o-', label=f'to {tgt}')
-        mean = summary.groupby('strength')[col].mean()
-        ax.plot(mean.index.map(at), mean.values, 'k--', lw=2, label='all pairs')
-        ax.set_xticks(range(len(levels)))
-        ax.set_xticklabels([f'{s:g}' for s in levels])
-        ax.set_xlabel('steering strength')
-        ax.set_title(col.replace('_', ' '))
-    axs[0].set_ylabel('rate')
-    axs[0].set_ylim(-0.02, 1.02)
-    axs[-1].legend(fontsize='small', ncol=2)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
 def diff_summary(fd: pd.DataFrame, languages: Sequence[str], weak: str) -> pd.DataFrame:
     "Mean activation change (B - A) of each feature class on each language's text; classes from model A."
     cls = np.where(fd.selectivity == 'specific', 'specific-' + fd.top_language.astype(str), fd.selectivity)
@@ -203,19 +180,3 @@ def diff_summary(fd: pd.DataFrame, languages: Sequence[str], weak: str) -> pd.Da
                              frac_stronger=float((b > a).mean()), weak_language=weak,
                              mean_decoder_cosine=float(g.decoder_cosine.mean())))
     return pd.DataFrame(rows)
-
-def plot_diff(summary: pd.DataFrame, weak: str, title: str = ''):
-    "Relative change of feature strength after fine-tuning, by feature class, on the weak language's and others' text."
-    import matplotlib.pyplot as plt
-    s = summary[summary.feature_class != 'rare']
-    piv = s.pivot_table(index='feature_class', columns='language', values='relative_change')
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(piv) + 3), 3.4))
-    piv.plot.bar(ax=ax, width=0.8)
-    ax.axhline(0, color='k', lw=0.8)
-    ax.set_ylabel('relative change of mean activation')
-    ax.set_xlabel(f'feature class (in the base model)')
-    ax.set_title(title or f'after fine-tuning on {weak}: which features get stronger', fontsize=10)
-    ax.legend(title='text language', fontsize='small', ncol=2)
-    ax.tick_params(axis='x', rotation=30)
-    fig.tight_layout()
-    return fig

@@ -21,7 +21,7 @@ __all__ = ['NEURONS_FORMAT', 'NEURON_COLUMNS', 'TRANSLATION_TEMPLATE', 'linear_s
            'select_ap', 'activation_probability', 'lape_entropy', 'lape_orders', 'select_lape', 'distribution',
            'set_overlap', 'method_overlap', 'save_neurons', 'load_neurons', 'median_activations',
            'forcing_intervention', 'neurons_intervention', 'bos_prompt', 'unconditional_prompts', 'translation_prompts',
-           'unit_counts_for', 'tampering_runs', 'run_tampering', 'tampering_summary', 'plot_overlap', 'plot_tampering']
+           'unit_counts_for', 'tampering_runs', 'run_tampering', 'tampering_summary']
 
 # %% ../nbs/10_neurons.ipynb 5
 def _is_linear(module) -> bool: return isinstance(module, torch.nn.Linear) or type(module).__name__ == 'Conv1D'
@@ -477,39 +477,3 @@ def tampering_summary(gens: pd.DataFrame, # from `run_tampering` (0/1 `in_target
     from multiling.stats import grouped_proportion_ci
     shares = grouped_proportion_ci(gens.assign(in_target=gens.in_target.astype(int)), list(by), 'in_target', level)
     return shares.rename(columns={'in_target': 'share_in_target'})
-
-# %% ../nbs/10_neurons.ipynb 43
-def plot_overlap(ov: pd.DataFrame, # from `set_overlap`
-                 value: str = 'share', title: str = '', ax=None):
-    "Heat map of `value` (rows: language A, columns: language B), languages in the table's order."
-    import matplotlib.pyplot as plt, seaborn as sns
-    langs = list(dict.fromkeys(ov.language_a))
-    grid = ov.pivot(index='language_a', columns='language_b', values=value).reindex(index=langs, columns=langs)
-    fig = None
-    if ax is None: fig, ax = plt.subplots(figsize=(max(4.0, 1.6 + 0.55 * len(langs)), max(3.2, 0.9 + 0.5 * len(langs))))
-    sns.heatmap(grid, ax=ax, cmap='rocket_r', vmin=0, vmax=1, annot=len(langs) <= 12, fmt='.2f', annot_kws={'fontsize': 7},
-                cbar_kws={'label': value})
-    ax.set_xlabel('language B'); ax.set_ylabel('language A'); ax.set_title(title, fontsize='small')
-    return fig or ax.figure
-
-def plot_tampering(summary: pd.DataFrame, # from `tampering_summary` (prompt_type, condition, n_units, share_in_target, ci_low, ci_high)
-                   conditions=('ap', 'lape', 'random'), title: str = ''):
-    "Share in the target language against forced units, a panel per prompt type, `none` as a dashed line with its band."
-    import matplotlib.pyplot as plt
-    kinds = list(dict.fromkeys(summary.prompt_type))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), sharey=True, squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        s = summary[summary.prompt_type == kind]
-        for j, cond in enumerate(c for c in conditions if c in set(s.condition)):
-            g = s[s.condition == cond].sort_values('n_units')   # markers differ: identical curves stay visible
-            ax.plot(g.n_units, g.share_in_target, marker='os^vD'[j % 5], label=cond, color=f'C{j}', alpha=0.85)
-            ax.fill_between(g.n_units, g.ci_low, g.ci_high, alpha=0.15, color=f'C{j}')
-        base = s[s.condition == 'none']
-        if len(base):
-            ax.axhline(base.share_in_target.iat[0], ls='--', color='k', lw=1, label='none')
-            ax.axhspan(base.ci_low.iat[0], base.ci_high.iat[0], color='k', alpha=0.07)
-        ax.set_xscale('log'); ax.set_xlabel('forced units'); ax.set_title(kind); ax.set_ylim(-0.02, 1.02)
-    axes[0][0].set_ylabel('share of outputs in target language'); axes[0][-1].legend(fontsize='small')
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    return fig
