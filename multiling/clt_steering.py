@@ -145,9 +145,12 @@ def finetune_lm(model: LoadedModel, texts: Sequence[str], # model (copied, not c
 
 def feature_diff(sel_a: pd.DataFrame, sel_b: pd.DataFrame, # `language_selectivity` of model A (base) and B
                  clt_a: CLT, clt_b: CLT, languages: Sequence[str]) -> pd.DataFrame:
-    "Per feature: mean activation per language in A and B, their change, decoder cosine, and A's language class."
+    """Per feature: mean activation per language in A and B, their change, decoder cosine, and A's class
+    (`feature_class`: 'specific-<language>', 'shared' or 'rare', the groups of `diff_summary`)."""
     keep = ['layer', 'feature', 'selectivity', 'top_language', 'top_share', 'top_rate']
     df = sel_a[keep + [f'mean_{g}' for g in languages]].rename(columns={f'mean_{g}': f'mean_{g}_a' for g in languages})
+    df.insert(2, 'feature_class', np.where(df.selectivity == 'specific', 'specific-' + df.top_language.astype(str),
+                                           df.selectivity))
     b = sel_b[['layer', 'feature', 'selectivity', 'top_language'] + [f'mean_{g}' for g in languages]].rename(
         columns={**{f'mean_{g}': f'mean_{g}_b' for g in languages}, 'selectivity': 'selectivity_b',
                  'top_language': 'top_language_b'})
@@ -166,17 +169,25 @@ def graph_diff(g_a: AttributionGraph, g_b: AttributionGraph) -> pd.DataFrame:
     return e.sort_values('change', key=abs, ascending=False).reset_index(drop=True)
 
 # %% ../nbs/19_clt_steering.ipynb 16
-def diff_summary(fd: pd.DataFrame, languages: Sequence[str], weak: str) -> pd.DataFrame:
-    "Mean activation change (B - A) of each feature class on each language's text; classes from model A."
-    cls = np.where(fd.selectivity == 'specific', 'specific-' + fd.top_language.astype(str), fd.selectivity)
+def diff_summary(fd: pd.DataFrame, # from `feature_diff`
+                 languages: Sequence[str], weak: str,
+                 min_base: float = 0.01, # relative change where A's mean is at least this share of A's overall mean
+                ) -> pd.DataFrame:
+    """Mean activation change (B - A) of each feature class (A's) on each language's text. `relative_change` =
+    (mean_b - mean_a) / mean_a, NaN where A's mean is ~0: under `min_base` times A's mean activation over every
+    feature and language (a class that A hardly uses on that text, whose ratio would only measure the noise)."""
+    need = ['feature_class', 'decoder_cosine', *[f'mean_{g}_{m}' for g in languages for m in 'ab']]
+    missing = [c for c in need if c not in fd.columns]
+    if missing: raise MultilingError(f"diff_summary needs `feature_diff`'s table; it lacks {missing}")
+    base_scale = float(fd[[f'mean_{g}_a' for g in languages]].to_numpy().mean())
     rows = []
-    for c in sorted(set(cls)):
-        g = fd[cls == c]
+    for c, g in fd.groupby('feature_class', sort=True):
         for lang in languages:
             a, b = g[f'mean_{lang}_a'], g[f'mean_{lang}_b']
+            not_zero = a.mean() >= min_base * base_scale and a.mean() > 0
             rows.append(dict(feature_class=c, language=lang, n_features=len(g), mean_a=float(a.mean()),
                              mean_b=float(b.mean()), change=float((b - a).mean()),
-                             relative_change=float((b.sum() - a.sum()) / max(a.sum(), 1e-12)),
+                             relative_change=float((b.mean() - a.mean()) / a.mean()) if not_zero else float('nan'),
                              frac_stronger=float((b > a).mean()), weak_language=weak,
                              mean_decoder_cosine=float(g.decoder_cosine.mean())))
     return pd.DataFrame(rows)
