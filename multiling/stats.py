@@ -4,6 +4,7 @@
 
 # %% ../nbs/05_stats.ipynb 3
 from __future__ import annotations
+from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from scipy import stats as _st
@@ -12,7 +13,7 @@ from .core import MultilingError
 # %% auto 0
 __all__ = ['bootstrap_ci', 'wilson_ci', 'with_proportion_ci', 'proportions_long', 'grouped_bootstrap_ci', 'grouped_proportion_ci',
            'cluster_bootstrap_ci', 'bootstrap_share_ci', 'zscores', 'paired_test', 'spearman', 'binomial_test',
-           'proportion_ci', 'fisher_exact', 'benjamini_hochberg']
+           'proportion_ci', 'fisher_exact', 'ShareDiff', 'share_diff', 'benjamini_hochberg']
 
 # %% ../nbs/05_stats.ipynb 4
 def bootstrap_ci(values, # 1-D array of per-unit outcomes (e.g. 0/1 per prompt)
@@ -195,7 +196,26 @@ def fisher_exact(a: int, b: int, c: int, d: int) -> dict:
     r = _st.fisher_exact([[a, b], [c, d]])
     return {'odds_ratio': float(r.statistic), 'p': float(r.pvalue)}
 
-# %% ../nbs/05_stats.ipynb 18
+# %% ../nbs/05_stats.ipynb 19
+class ShareDiff(NamedTuple):
+    "A difference of two shares with its interval and test (unpacks as `d, low, high, p = share_diff(...)`)."
+    diff: float     # k1 / n1 - k2 / n2
+    ci_low: float   # Newcombe's interval (method 10)
+    ci_high: float
+    p: float        # Fisher's exact test, two-sided
+
+def share_diff(k1: int, n1: int, # successes and trials of the first sample
+               k2: int, n2: int, # of the second
+               level: float = 0.95) -> ShareDiff:
+    "k1/n1 - k2/n2 with Newcombe's interval (from the two Wilson intervals) and Fisher's exact p."
+    if n1 <= 0 or n2 <= 0: raise MultilingError(f"share_diff needs two non-empty samples, got n1={n1}, n2={n2}")
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = proportion_ci(k1, n1, level), proportion_ci(k2, n2, level)
+    d = p1 - p2
+    low, high = d - np.hypot(p1 - l1, u2 - p2), d + np.hypot(u1 - p1, p2 - l2)
+    return ShareDiff(float(d), float(low), float(high), fisher_exact(int(k1), int(n1 - k1), int(k2), int(n2 - k2))['p'])
+
+# %% ../nbs/05_stats.ipynb 21
 def benjamini_hochberg(pvalues) -> np.ndarray:
     "Benjamini-Hochberg adjusted p-values (false discovery rate), in the input order."
     p = np.asarray(pvalues, float); n = len(p)
