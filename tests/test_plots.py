@@ -7,8 +7,8 @@ import pytest
 from multiling import plots
 
 ROOT = Path(__file__).resolve().parents[1]
-# the studies whose figures follow the style (20 joins when its figure cells do)
-STYLED = [ROOT / 'nbs' / f'{n}.ipynb' for n in ('21_base_vs_instruct', '22_script_study', '23_clt_steering',
+# the studies whose figures follow the style: every experiment notebook
+STYLED = [ROOT / 'nbs' / f'{n}.ipynb' for n in ('20_liha', '21_base_vs_instruct', '22_script_study', '23_clt_steering',
                                                  '24_language_control', '25_language_neurons', '26_retrieval_heads',
                                                  '27_organism_quality')]
 
