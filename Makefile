@@ -81,7 +81,7 @@ PAR_24_language_control-organism := model=organism-balanced-small-instruct n_ite
 MIN_24_language_control-organism := 6
 PAR_30_claims = $(if $(filter tiny,$(SIZE)),model=organism-balanced-tiny)
 # the organism notebook evaluates the organisms `make models` trained, and is re-made when they change
-PAR_$(ORGANISMS) = size=$(SIZE) models_dir=data/models steps=None instruct_steps=None
+PAR_$(ORGANISMS) = size=$(SIZE) models_dir=data/models steps=None instruct_steps=None precision=$(PRECISION)
 WATCH_$(ORGANISMS) = data/models/organism-*-$(SIZE)*/model.safetensors
 
 PAPER_RUNS := $(ORGANISMS) $(basename $(notdir $(EXPERIMENTS))) $(if $(filter tiny,$(SIZE)),,$(EXTRA_RUNS)) \

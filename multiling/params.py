@@ -424,6 +424,10 @@ class OrganismQualityParams(NotebookParams):
     steps: int = param(int, "optimizer steps per organism; None: the size's default", min=1, optional=True)
     instruct_steps: int = param(int, "steps of the instruct fine-tuning; None: the size's default", min=1,
                                 optional=True)
+    precision: str = param(str, "the organisms' training precision: 'fp32', or 'bf16' autocast (faster on a GPU or a CPU "
+                                "with bf16 units); None: the size's default. An organism already built is reused only "
+                                "when it was trained with this precision (make paper passes its PRECISION)",
+                           choices=('fp32', 'bf16'), optional=True)
     mixtures: list = param(list, 'organisms to train (or reuse) and compare', convert=organism_mixtures)
     instruct: bool = param(bool, 'also train (or reuse) organism-balanced-<size>-instruct')
     languages: list = param(list, 'evaluation languages', convert=organism_languages)
