@@ -18,9 +18,9 @@ from .core import MultilingError
 # %% auto 0
 __all__ = ['COLUMN_WIDTH', 'PAGE_WIDTH', 'FONT_SIZE', 'MIN_FONT_SIZE', 'RATE_TOPS', 'GLOSSARY', 'VALUE_LABELS', 'MARKERS',
            'set_style', 'figure_width', 'figure', 'Term', 'term', 'label', 'value_label', 'kind', 'rate_top',
-           'interval', 'n_text', 'note', 'caption', 'finish', 'covers_data', 'place_legend', 'shared_legend',
-           'check_figure', 'heatmap', 'top_cells_text', 'heatmap_layer_head', 'palette', 'curves', 'lines_by_layer',
-           'bars', 'scatter_annotated', 'facets']
+           'interval', 'n_text', 'note', 'caption', 'finish', 'thin_xticks', 'covers_data', 'place_legend',
+           'shared_legend', 'check_figure', 'heatmap', 'top_cells_text', 'heatmap_layer_head', 'palette', 'curves',
+           'lines_by_layer', 'bars', 'scatter_annotated', 'facets']
 
 # %% ../nbs/06_plots.ipynb 5
 COLUMN_WIDTH = 3.4    # inches: one column of a two-column page
@@ -253,7 +253,33 @@ def finish(fig, text: str = ''):
         if placed and placed[1] == 'auto' and ax.get_legend() and covers_data(ax):
             title, where, handles, labels, ncol = placed
             place_legend(ax, title, where, handles, labels, ncol)
+    thin_xticks(fig)
     return fig
+
+def _xtick_overlap(ax) -> bool:
+    ticks = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_visible() and t.get_text() and not t.get_rotation()]
+    return any(a.overlaps(b) for a, b in zip(ticks, ticks[1:]))
+
+def thin_xticks(fig):
+    """Where a panel's x tick labels would overlap (18 layers in a third of the page), label every second tick, then
+    every fourth, ... until they clear; a categorical axis keeps its last label (e.g. 'all')."""
+    fig.canvas.draw()
+    for ax in fig.axes:
+        if not (ax.get_visible() and ax.axison): continue
+        for _ in range(5):
+            if not _xtick_overlap(ax): break
+            loc = ax.xaxis.get_major_locator()
+            if isinstance(loc, matplotlib.ticker.FixedLocator):
+                pos, labels = ax.get_xticks(), [t.get_text() for t in ax.get_xticklabels()]
+                shown = [i for i, s in enumerate(labels) if s]
+                keep = set(shown[::2]) | {shown[-1]}
+                if len(shown) % 2 == 0 and len(shown) > 2: keep.discard(shown[-2])   # the last and the one before it: neighbours
+                ax.set_xticks(pos, [s if i in keep else '' for i, s in enumerate(labels)])
+            elif isinstance(loc, matplotlib.ticker.MaxNLocator):
+                n = len([t for t in ax.get_xticklabels() if t.get_text()])
+                loc.set_params(nbins=max(2, n // 2 - 1))
+            else: break
+            fig.canvas.draw()
 
 # %% ../nbs/06_plots.ipynb 14
 def _data_paths(ax):

@@ -43,3 +43,20 @@ def test_glossary_labels_are_words():
         assert '_' not in term.label + term.unit, f'{name}: {term}'
         assert term.kind in ('rate', 'signed', 'value'), f'{name}: {term.kind}'
     assert all('_' not in v for v in plots.VALUE_LABELS.values())
+
+
+def test_crowded_x_ticks_are_thinned():
+    # 18 layers (and 'all') in a third of the page: the labels overlapped (notebook 23 on gemma-3-270m); finish labels
+    # every k-th tick, keeps the categorical axis's last label, and the figure then passes check_figure
+    import pandas as pd
+    layers = pd.DataFrame({'layer': range(18), 'explained_variance': [0.5 + 0.02 * i for i in range(18)]})
+    loss = pd.DataFrame({'layer': [str(i) for i in range(18)] + ['all'], 'spliced_loss': [3.0 + 0.01 * i for i in range(19)]})
+    fig, axes = plots.figure(1, 3, width='page', height=2.3)
+    plots.curves(layers, 'layer', 'explained_variance', ax=axes[0], title='explained variance', err=None)
+    plots.bars(loss, 'layer', 'spliced_loss', ax=axes[1], title='next-token loss', err=None)
+    fig.canvas.draw()
+    assert any('x tick labels overlap' in p for p in plots.check_figure(fig))   # crowded before finish
+    plots.finish(fig)
+    assert plots.check_figure(fig) == []
+    shown = [t.get_text() for t in axes[1].get_xticklabels() if t.get_text()]
+    assert shown[0] == '0' and shown[-1] == 'all' and 3 <= len(shown) < 19
