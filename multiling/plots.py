@@ -375,8 +375,7 @@ def check_figure(fig, max_width: float = PAGE_WIDTH) -> list[str]:
         if i != j and a.overlaps(b): problems.append(f'labels of two panels overlap ({fig.axes[i].get_title()!r}, {fig.axes[j].get_title()!r})')
     for ax in fig.axes:
         if not (ax.get_visible() and ax.axison): continue
-        ticks = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_visible() and t.get_text() and not t.get_rotation()]
-        if any(a.overlaps(b) for a, b in zip(ticks, ticks[1:])): problems.append(f'x tick labels overlap in {ax.get_title()!r}')
+        if _xtick_overlap(ax): problems.append(f'x tick labels overlap in {ax.get_title()!r}')
     for ax in fig.axes:
         flags = ax.__dict__.get('_multiling', {})
         if ax.get_legend() and covers_data(ax): problems.append(f'legend covers data in {ax.get_title()!r}')
