@@ -261,8 +261,9 @@ def _xtick_overlap(ax) -> bool:
     return any(a.overlaps(b) for a, b in zip(ticks, ticks[1:]))
 
 def thin_xticks(fig):
-    """Where a panel's x tick labels would overlap (18 layers in a third of the page), label every second tick, then
-    every fourth, ... until they clear; a categorical axis keeps its last label (e.g. 'all')."""
+    """Where a panel's numbered x tick labels would overlap (18 layers in a third of the page), label every second tick,
+    then every fourth, ... until they clear; a categorical axis keeps its last label (e.g. 'all'). Named categories are
+    never thinned: there `check_figure` reports the overlap (use a wider figure or shorter labels)."""
     fig.canvas.draw()
     for ax in fig.axes:
         if not (ax.get_visible() and ax.axison): continue
@@ -272,6 +273,7 @@ def thin_xticks(fig):
             if isinstance(loc, matplotlib.ticker.FixedLocator):
                 pos, labels = ax.get_xticks(), [t.get_text() for t in ax.get_xticklabels()]
                 shown = [i for i, s in enumerate(labels) if s]
+                if not all(labels[i].replace(',', '').lstrip('-').isdigit() for i in shown[:-1]): break   # names stay
                 keep = set(shown[::2]) | {shown[-1]}
                 if len(shown) % 2 == 0 and len(shown) > 2: keep.discard(shown[-2])   # the last and the one before it: neighbours
                 ax.set_xticks(pos, [s if i in keep else '' for i, s in enumerate(labels)])

@@ -60,3 +60,12 @@ def test_crowded_x_ticks_are_thinned():
     assert plots.check_figure(fig) == []
     shown = [t.get_text() for t in axes[1].get_xticklabels() if t.get_text()]
     assert shown[0] == '0' and shown[-1] == 'all' and 3 <= len(shown) < 19
+
+
+def test_named_x_ticks_are_not_thinned():
+    # variant names carry meaning: crowded names stay and check_figure reports them
+    import pandas as pd
+    df = pd.DataFrame({'variant': [f'fine-tuned variant number {i}' for i in range(6)], 'spliced_loss': [3.0] * 6})
+    fig = plots.bars(df, 'variant', 'spliced_loss', err=None, width='column')
+    assert len([t for t in fig.axes[0].get_xticklabels() if t.get_text()]) == 6
+    assert any('x tick labels overlap' in p for p in plots.check_figure(fig))
