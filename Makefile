@@ -59,26 +59,26 @@ models: data data/models/gemma-3-270m/config.json
 # (multiling.provenance.paper_cli). The default run of an experiment notebook is written back over nbs/ with its
 # outputs (nbdev_clean keeps them): the committed notebooks are the paper a reader opens.
 #
-# Expected minutes of each run on a 2-core CPU (~150 GFLOP/s in an fp32 matmul), the organisms already trained:
-# 24 (6 on the organism, 16 on gemma-3-270m) and 26 (12) as their notebooks state them, the others estimates until the
-# next default run. `make paper` prints each before the run starts and "done in N min" after it (also in
-# data/runs/<run>.done): replace the estimates with those. The smoke run (SIZE=tiny) measured 8.5 min for its runs,
+# Expected minutes of each run on a 2-core CPU (~150 GFLOP/s in an fp32 matmul), the organisms already trained: those
+# the committed default runs took (2026-11-30, one thread each, two runs side by side; 20 and 22 resume the GPU-made
+# sweep shards). `make paper` prints each before the run starts and "done in N min" after it (also in
+# data/runs/<run>.done). The smoke run (SIZE=tiny) measured 8.5 min for its runs,
 # plus about 17 min to train the tiny organisms once (2 shared cores, OMP_NUM_THREADS=1).
-MIN_27_organism_quality := 15
-MIN_20_liha := 50
-MIN_21_base_vs_instruct := 10
-MIN_22_script_study := 15
+MIN_27_organism_quality := 4
+MIN_20_liha := 48
+MIN_21_base_vs_instruct := 5
+MIN_22_script_study := 3
 MIN_23_clt_steering := 50
-MIN_24_language_control := 16
-MIN_25_language_neurons := 35
-MIN_26_retrieval_heads := 15
+MIN_24_language_control := 41
+MIN_25_language_neurons := 33
+MIN_26_retrieval_heads := 25
 MIN_30_claims := 1
 # the headline of 24 is gemma-3-270m (its default); the organism run is the second one
 EXTRA_RUNS := 24_language_control-organism
 NB_24_language_control-organism := nbs/24_language_control.ipynb
 PAR_24_language_control-organism := model=organism-balanced-small-instruct n_items=10 n_train=512 finetune_steps=200 \
   train_batch_size=16 finetune_lr=1e-3
-MIN_24_language_control-organism := 6
+MIN_24_language_control-organism := 9
 PAR_30_claims = $(if $(filter tiny,$(SIZE)),model=organism-balanced-tiny)
 # the organism notebook evaluates the organisms `make models` trained, and is re-made when they change
 PAR_$(ORGANISMS) = size=$(SIZE) models_dir=data/models steps=None instruct_steps=None precision=$(PRECISION)
