@@ -16,76 +16,20 @@ from multiling.provenance import (check_figure_index, committed_figures, committ
                                   stale_weights, weights_by_model)
 
 
-def _meta(folder, *stems):
-    "The sidecars `<folder>/<stem>.meta.json`."
-    return [f'{folder}/{stem}.meta.json' for stem in stems]
-
-
-CLT = ('clt_diff_summary', 'clt_graph_edges', 'clt_language_probe', 'clt_mixture_selectivity', 'clt_quality',
-       'clt_selectivity', 'clt_steering_summary')
-CLT_TABLES = CLT + ('clt_diff_edges', 'clt_diff_features', 'clt_diff_model_loss', 'clt_diff_quality',
-                    'clt_feature_selectivity', 'clt_graph_nodes', 'clt_language_features', 'clt_steering', 'clt_train_log')
-LC_FIGURES = ('lc_failure_modes', 'lc_finetune', 'lc_finetune_loss', 'lc_lens_by_language', 'lc_lens_summary', 'lc_outcomes',
-              'lc_phases', 'lc_similarity')
-LC_TABLES = LC_FIGURES + ('lc_finetune_set', 'lc_lens', 'lc_scenario_answers', 'lc_task_items', 'lc_token_sets')
-LC_INSTRUCT = tuple(f'{s}_organism-balanced-small-instruct' for s in LC_TABLES)
-LC_GEMMA = tuple(f'{s}_gemma-3-270m' for s in LC_TABLES)
-
-# weights that no longer exist: the organisms were re-trained after these runs
-STALE_WEIGHTS = {
-    **dict.fromkeys(_meta('data/results', *CLT_TABLES) + _meta('figures', *CLT),
-                    'notebook 23 ran on organism-balanced-small d06938c1252c37a0 (current 8c4feec506bf9ba0)'),
-    **dict.fromkeys(_meta('data/results', *LC_INSTRUCT) +
-                    _meta('figures', *(f'{s}_organism-balanced-small-instruct' for s in LC_FIGURES)),
-                    'notebook 24 ran on organism-balanced-small-instruct b00e6deec45d1b17 (current ecf5e123ca144dc6)'),
-}
+# weights that no longer exist (a model re-trained after the run): none since the default runs of 2026-11-30
+STALE_WEIGHTS = {}
 
 # sidecars without a notebook, a weights hash or a re-make command
 NO_PROVENANCE = {
-    **dict.fromkeys(_meta('data/results', *CLT_TABLES) + _meta('figures', *CLT),
-                    'notebook 23 recorded no notebook (re-make command unknown)'),
     'data/results/langid_accuracy.meta.json':
         "the library chapter 03_langid wrote it: no weights hash of the detector, no parameters cell to re-run",
-    **dict.fromkeys(_meta('data/results', 'organisms_fidelity', 'organisms_instructions', 'organisms_perplexity',
-                          'organisms_training') + _meta('figures', 'organisms_quality'),
-                    '07_organisms made them before its split: the chapter has no parameters cell now; '
-                    '27_organism_quality re-makes them'),
 }
 
-# parameters of the notebook (its parameters cell now) that the sidecar does not record (issue 19: one declaration)
-_ORG = 'organism-balanced-small'
-MISSING_PARAMETERS = {
-    **dict.fromkeys(_meta('data/results', *LC_GEMMA, *LC_INSTRUCT) +
-                    _meta('figures', *(f'{s}_{m}' for s in LC_FIGURES for m in ('gemma-3-270m', 'organism-balanced-small-instruct'))),
-                    'notebook 24 did not record batch_size, device, dtype'),
-    **dict.fromkeys(_meta('data/results', 'liha_base_vs_instruct', 'liha_base_vs_instruct_mass', 'liha_base_vs_instruct_summary')
-                    + _meta('figures', 'liha_base_vs_instruct', 'liha_base_vs_instruct_mass'),
-                    'notebook 21 did not record device, dtype, resume'),
-    **dict.fromkeys(_meta('data/results', *(f'liha_{s}_{_ORG}' for s in (
-                        'broadcasters', 'broadcasters_spearman', 'compensation_layers', 'compensation', 'generations',
-                        'switch_rates', 'top_heads_by_language', 'top_heads')))
-                    + _meta('figures', *(f'liha_{s}_{_ORG}' for s in (
-                        'broadcasters', 'compensation_layers', 'compensation', 'switch_rates', 'top_heads_by_language'))),
-                    'notebook 20 did not record device, dtype, resume'),
-    **dict.fromkeys(_meta('data/results', *(f'liha_script{s}_{_ORG}' for s in ('_by_layer', '_first_token', '', '_top_heads')))
-                    + _meta('figures', *(f'liha_script{s}_{_ORG}' for s in ('_by_layer', '_first_token'))),
-                    'notebook 22 did not record device, dtype, resume, top_k'),
-    **dict.fromkeys(_meta('data/results', *(f'neurons_{s}_{_ORG}' for s in (
-                        'ap_scores', 'ap_summary', 'ap_vs_lape', 'first_last', 'layers', 'overlap', 'sites',
-                        'tampering_by_language', 'tampering_generations', 'tampering', 'tampering_tests', 'timing')))
-                    + _meta('figures', *(f'neurons_{s}_{_ORG}' for s in ('ap_vs_lape', 'layers', 'overlap', 'tampering'))),
-                    'notebook 25 did not record batch_size, gen_batch_size, device, dtype, resume'),
-    **dict.fromkeys(_meta('data/results', *(f'retrieval_{s}' for s in (
-                        'by_layer_language', 'head_scores_runs', 'heads', 'masking', 'masking_contrast', 'masking_runs',
-                        'needle_answers', 'sharing', 'transition_overlap', 'vs_transition_by_layer')))
-                    + _meta('figures', *(f'retrieval_{s}' for s in ('by_layer_language', 'heads', 'masking',
-                                                                    'vs_transition_by_layer'))),
-                    'notebook 26 did not record batch_size'),
-}
+# parameters of the notebook (its parameters cell now) that the sidecar does not record: none since the default runs
+MISSING_PARAMETERS = {}
 
 # model names whose committed records carry more than one weights hash (the stale files above)
-MODELS_WITH_STALE_RESULTS = {'organism-balanced-small': 'the CLT results of notebook 23 (STALE_WEIGHTS)',
-                             'organism-balanced-small-instruct': 'the organism run of notebook 24 (STALE_WEIGHTS)'}
+MODELS_WITH_STALE_RESULTS = {}
 
 RECORDS = committed_records(REPO_ROOT)
 RESULTS = [r for r in RECORDS if r['kind'] != 'other']
@@ -136,8 +80,6 @@ def test_every_committed_figure_is_indexed():
     check_figure_index(FIGURES_DIR)
 
 
-@pytest.mark.xfail(strict=True, reason='figures/index.md predates the re-make commands (`-p` for the parameters that '
-                                       'differ from the defaults); make paper regenerates it (multiling_index)')
 def test_figure_index_is_up_to_date():
     assert (FIGURES_DIR / 'index.md').read_text(encoding='utf-8') == render_index(figure_records(FIGURES_DIR))
 
