@@ -62,8 +62,8 @@ models: data data/models/gemma-3-270m/config.json
 # Expected minutes of each run on a 2-core CPU (~150 GFLOP/s in an fp32 matmul), the organisms already trained: those
 # the committed default runs took (2026-11-30, one thread each, two runs side by side; 20 and 22 resume the GPU-made
 # sweep shards). `make paper` prints each before the run starts and "done in N min" after it (also in
-# data/runs/<run>.done). The smoke run (SIZE=tiny) measured 8.5 min for its runs,
-# plus about 17 min to train the tiny organisms once (2 shared cores, OMP_NUM_THREADS=1).
+# data/runs/<run>.done). The smoke run (SIZE=tiny) took 9 min on a fresh clone (2026-11-30: set-up, corpus, gemma
+# conversion, the tiny organisms in ~25 s each and every run).
 MIN_27_organism_quality := 4
 MIN_20_liha := 48
 MIN_21_base_vs_instruct := 5
