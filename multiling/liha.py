@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np, pandas as pd
 from .core import MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languages, check_param
 from . import stats
-from .params import NotebookParams, param
+from .params import NotebookParams, common, model_param, param
 
 # %% auto 0
 __all__ = ['STOP_MARGIN', 'METHODS', 'STOP_EVERY', 'COMPENSATION_METRICS', 'decision_text', 'decided', 'parse_heads',
@@ -348,24 +348,24 @@ def _num(s, name):
 @dataclass
 class LihaParams(NotebookParams):
     "The parameters of the LIHA notebook (nbs/20_liha.ipynb)."
-    model: str = param(str, 'an offline name (models.offline_names()), a local folder or a Hugging Face id')
+    model: str = model_param()
     languages: list = param(list, 'prompt languages (comma-separated codes)', convert=parse_languages)
-    prompts: str = param(str, 'prompt CSV with id + one column per language; None: the committed set', optional=True)
-    n_prompts: int = param(int, 'prompts per language', min=1)
-    max_new_tokens: int = param(int, 'tokens generated at most per continuation', min=1)
-    decide_chars: int = param(int, "characters of a continuation its language is decided on", min=1)
-    out_dir: str = param(str, 'folder of the tables and of the checkpoint shards')
-    fig_dir: str = param(str, 'folder of the figures')
-    device: str = param(str, "'cpu', 'cuda', 'cuda:N' or 'auto'")
-    dtype: str = param(str, "'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16' or 'float16'")
-    seed: int = param(int, 'random seed', min=0)
-    batch_size: int = param(int, 'rows per forward pass', min=1)
-    method: str = param(str, "sweep engine (the same table): 'fast' or 'naive'", choices=('fast', 'naive'))
-    resume: bool = param(bool, 'reuse checkpoint shards of the same sweep')
+    prompts: str = common('prompts')
+    n_prompts: int = common('n_prompts')
+    max_new_tokens: int = common('max_new_tokens')
+    decide_chars: int = common('decide_chars')
+    out_dir: str = common('out_dir')
+    fig_dir: str = common('fig_dir')
+    device: str = common('device')
+    dtype: str = common('dtype')
+    seed: int = common('seed')
+    batch_size: int = common('batch_size')
+    method: str = common('method')
+    resume: bool = common('resume')
     top_k: int = param(int, 'top heads listed and shown by language', min=1)
     n_compensation_heads: int = param(int, 'top heads ablated one at a time in the compensation analysis', min=1)
     n_controls: int = param(int, 'control heads (lowest SR of the same layer) per top head', min=1)
-    n_boot: int = param(int, 'bootstrap resamples for the intervals', min=100)
+    n_boot: int = common('n_boot')
 
     def __post_init__(self):
         if self.n_compensation_heads is not None and self.top_k is not None and self.n_compensation_heads > self.top_k:
