@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np, pandas as pd
-from .core import MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languages, check_param
+from .core import MultilingError, ALL_LANGUAGES, STUDY_LANGUAGES, parse_languages, check_param, tensor_hash
 from . import stats
 from .params import NotebookParams, common, model_param, param
 
@@ -178,6 +178,10 @@ def shortcut_generate(model, # a LoadedModel
     return texts
 
 # %% ../nbs/08_liha.ipynb 14
+def _table_hash(df: pd.DataFrame) -> int:
+    "A fingerprint of a table's values (a sweep key's)."
+    return int(pd.util.hash_pandas_object(df, index=False).sum())
+
 def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
               prompts: pd.DataFrame, # wide prompt table (`data.load_prompts`), or long (`id`, `lang`, `prompt`)
               languages: str | list[str] = STUDY_LANGUAGES, # prompt languages (also the detector's answers)
@@ -209,7 +213,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     heads = parse_heads(heads, a.n_layers, a.n_heads)
     detect = detect or _detector(languages)
     key = sweep_key(model, languages=languages, n_prompts=len(rows), max_new_tokens=max_new_tokens,
-                    decide_chars=decide_chars, prompts=pd.util.hash_pandas_object(rows, index=False).sum().item())
+                    decide_chars=decide_chars, prompts=_table_hash(rows))
     ckpt = checkpoints(out_dir, key, resume, what='LIHA sweep')
     shard = lambda name, fn: ckpt.piece(name, fn, on_write=on_shard)
     texts = rows['prompt'].tolist()
@@ -590,7 +594,7 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
     from multiling.shard import checkpoints, sweep_key
     key = sweep_key(model, what='compensation', languages=languages, heads=[list(h) for h in heads], add_bos=add_bos,
                     batch_size=batch_size, rows=_table_hash(rows[['prompt_id', 'lang', 'text']]),
-                    directions=_directions_hash(directions, languages))
+                    directions=tensor_hash({l: directions[l] for l in languages}))
     ckpt = checkpoints(out_dir, key, resume, what='compensation')
     names = ['clean'] + [f'L{l}H{h}' for l, h in heads]
 
@@ -624,15 +628,6 @@ def _metric_frame(run, rows_idx, dla, ft):
     r, l, h = np.meshgrid(rows_idx, np.arange(dla.shape[1]), np.arange(dla.shape[2]), indexing='ij')
     return pd.DataFrame(dict(run=run, row=r.ravel(), layer=l.ravel(), head=h.ravel(), dla=dla.ravel(),
                              first_token_attention=ft.ravel()))
-
-def _table_hash(df: pd.DataFrame) -> int:
-    return int(pd.util.hash_pandas_object(df, index=False).sum())
-
-def _directions_hash(directions: dict, languages) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    for l in languages: h.update(l.encode() + directions[l].detach().double().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 def _relation(l, h, al, ah):
     return 'self' if (l, h) == (al, ah) else 'above' if l > al else 'same' if l == al else 'below'
@@ -800,7 +795,7 @@ def generation_layer_change(model, # a LoadedModel (or spec for `models.load_mod
         rows['text'] = rows['prompt'] + rows['continuation']
         texts[(l, h)] = rows
     key = sweep_key(model, what='generation layer change', add_bos=add_bos, batch_size=batch_size,
-                    clean=_table_hash(clean_rows[keys + ['text']]), directions=_directions_hash(directions, sorted(directions)),
+                    clean=_table_hash(clean_rows[keys + ['text']]), directions=tensor_hash(directions),
                     ablated={f'L{l}H{h}': _table_hash(r[keys + ['text']]) for (l, h), r in texts.items()})
     ckpt = checkpoints(out_dir, key, resume, what='generation layer change')
     def layer_frame(rows, iv):
