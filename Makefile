@@ -65,6 +65,7 @@ models: data data/models/gemma-3-270m/config.json
 # data/runs/<run>.done). The smoke run (SIZE=tiny) took 9 min on a fresh clone (2026-11-30: set-up, corpus, gemma
 # conversion, the tiny organisms in ~25 s each and every run).
 MIN_27_organism_quality := 4
+MIN_28_instrument := 1
 MIN_20_liha := 48
 MIN_21_base_vs_instruct := 5
 MIN_22_script_study := 3

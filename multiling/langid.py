@@ -6,6 +6,7 @@
 from __future__ import annotations
 import bisect, importlib.util, re, unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 import numpy as np
@@ -13,9 +14,11 @@ import pandas as pd
 from .core import ALL_LANGUAGES, CORPUS_DIR, SCRIPT_OF, MultilingError, parse_languages
 
 # %% auto 0
-__all__ = ['UNKNOWN', 'lid_model_path', 'char_script', 'script_counts', 'dominant_script', 'LanguageDetector', 'get_detector',
-           'detect_language', 'first_words', 'after_first_words', 'detector_confusion', 'accuracy_by_language',
-           'detector_accuracy']
+__all__ = ['UNKNOWN', 'OUTCOMES', 'DECISION_CHARS', 'FUNCTION_WORDS', 'MIN_WORDS', 'MIN_CONFIDENCE', 'MARKUP_SHARE',
+           'DIGIT_SHARE', 'REPLACEMENT_SHARE', 'SPACE_SHARE', 'MIN_WORD_MARGIN', 'HAN_ONLY_FOR_JA', 'lid_model_path',
+           'char_script', 'script_counts', 'dominant_script', 'LanguageDetector', 'get_detector', 'detect_language',
+           'strip_markup', 'repetition_loop', 'repeated_words', 'Outcome', 'classify_outcome', 'classify_outcomes',
+           'first_words', 'after_first_words', 'detector_confusion', 'accuracy_by_language', 'detector_accuracy']
 
 # %% ../nbs/03_langid.ipynb 4
 UNKNOWN = 'unknown'
@@ -152,6 +155,208 @@ def detect_language(texts: str | list[str], # one text or a list
     return det.detect(texts) if isinstance(texts, str) else det.detect_batch(texts)
 
 # %% ../nbs/03_langid.ipynb 20
+OUTCOMES = ('in_language', 'switched', 'degenerate', 'undecidable')
+DECISION_CHARS = 48  # the decision window: every study reads the first 48 characters of a continuation, in every script
+
+# Markup a model copies from web text; stripped before detection, and a window that is mostly markup is degenerate.
+_MARKUP = re.compile(r'<[^<>\n]{0,60}>|<\/?[A-Za-z][^<>\n]*$|&#?\w{1,8};|https?://\S+|www\.\S+|[\w.+-]+@[\w-]+\.[\w.]+'
+                     r'|\*\*+|__+|#{2,}|`{3,}'
+                     r'|\[\s*\]|\]\(|\|')
+_DIGIT = re.compile(r'\d')
+_WORDS = re.compile(r'[^\W\d_]+')  # a run of letters
+_CJK = ('Han', 'Kana')
+
+def strip_markup(text: str) -> str:
+    "`text` without HTML tags (a tag cut by the window included), entities, URLs, e-mail addresses and markdown marks."
+    return _MARKUP.sub(' ', text)
+
+def repetition_loop(text: str, # a window of text (markup already stripped)
+                    min_copies: float = 2.5, # how many times a unit must repeat in a row ...
+                    min_share: float = 0.5, # ... over this share of the window's characters,
+                    long_copies: float = 1.6, # or a longer unit (one the window cuts) this many times ...
+                    long_share: float = 0.85, # ... over this share: the window never says anything new
+                    min_chars: int = 6, # and at least this many characters (an ellipsis is no loop)
+                   ) -> str | None:
+    """The repeated unit when `text` is mostly one unit repeated in a row ('son ', ' o que'), else None.
+
+    Read on characters, lowercased with white space folded, so it works alike in every script and for any unit."""
+    s = ' '.join(text.lower().split())
+    n, best = len(s), None
+    for p in range(1, int(n / min(min_copies, long_copies)) + 1):
+        run = 0
+        for i in range(n - p):
+            run = run + 1 if s[i] == s[i + p] else 0
+            region = run + p
+            loop = (region / p >= min_copies and region >= min_share * n) or \
+                   (region / p >= long_copies and region >= long_share * n)
+            if loop and region >= min_chars and (best is None or region > best[0]):
+                best = (region, s[i + 1 - run:i + 1 - run + p])
+    return best[1] if best else None
+
+def repeated_words(text: str, # a window of text (markup already stripped)
+                   max_distinct: float = 0.5, # distinct words over words at or below this is a loop of a few words
+                   min_words: int = 8, # read only on a window of at least this many words
+                  ) -> bool:
+    "True when a few words make up the window in any order ('le viole se le viole que le viole'): a loop that alternates."
+    words = _WORDS.findall(text.lower())
+    return len(words) >= min_words and len(set(words)) / len(words) <= max_distinct
+
+# %% ../nbs/03_langid.ipynb 23
+# The most frequent words of the Latin-script study languages. Between the expected language and the one fastText
+# reads, a word counts as evidence only for the one of the two whose list holds it alone (`_marker_counts`): so two
+# related languages are told apart by the words they do not share ('não', 'do', 'um' against 'y', 'el', 'los').
+FUNCTION_WORDS = {
+    'en': 'the of and to a in is it you that he was for on are with as i his they be at one have this from or had by '
+          'not but what some we can out other were all there when up use your how said an each she which do their if '
+          'will way about many then them would like so these her make see him two has more day could go come did no '
+          'most my over know than who may down been now',
+    'fr': 'de la le et les des en un du une que est pour qui dans a par plus pas au sur ne se ce il sont avec son cette '
+          'aux ou elle mais nous comme on ses leur y été tout fait deux sa ont être très même ces où je vous lui ils '
+          'elles sans bien aussi peut entre avait dont était si',
+    'de': 'der die und in den von zu das mit sich des auf für ist im dem nicht ein eine als auch es an werden aus er '
+          'hat dass sie nach wird bei einer um am sind noch wie einem über einen so zum war haben nur oder aber vor '
+          'zur bis mehr durch man sein wurde sei ich wir ihr ihn uns',
+    'es': 'de la que el en y a los del se las por un para con no una su al lo como más pero sus le ya o este sí porque '
+          'esta entre cuando muy sin sobre también me hasta hay donde quien desde todo nos durante todos uno les ni '
+          'contra otros ese eso ante ellos e esto mí antes algunos qué unos yo otro otras otra él tanto esa estos '
+          'mucho nada muchos cual poco ella estar estas algo mi mis tú te ti tu tus es son fue era está están ha han '
+          'había',
+    'it': 'di e il la che a per un in è del non una le si da al con i lo sono della gli più ma come anche nel ha '
+          'questo alla dei delle se o ci mi nella ne tra su era hanno cui suo sua suoi sue loro essere fra quando dopo '
+          'molto tutto così perché ancora già dove questa fatto stato solo può degli sempre ed io tu lui lei noi voi',
+    'pt': 'de a o que e do da em um para é com não uma os no se na por mais as dos como mas foi ao ele das tem à seu '
+          'sua ou ser quando muito há nos já está eu também só pelo pela até isso ela entre era depois sem mesmo aos '
+          'ter seus quem nas me esse eles estão você tinha foram essa num nem suas meu às minha numa pelos elas havia '
+          'seja qual será nós lhe deles essas esses pelas este dele te vocês nosso nossa dela esta estes estas aquele '
+          'aquela isto estava estavam são todo toda todos todas',
+}
+_FUNCTION_SETS = {l: frozenset(w.split()) for l, w in FUNCTION_WORDS.items()}
+
+def _marker_counts(text: str, a: str, b: str) -> tuple[int, int]:
+    "How many words of `text` are frequent words of language `a` and not of `b`, and of `b` and not of `a`."
+    sa, sb = _FUNCTION_SETS.get(a, frozenset()), _FUNCTION_SETS.get(b, frozenset())
+    words = _WORDS.findall(text.lower())
+    return sum(w in sa and w not in sb for w in words), sum(w in sb and w not in sa for w in words)
+
+def _spaced_words(text: str) -> list[str]:
+    "The words of `text` outside Han and kana (any run of letters)."
+    return _WORDS.findall(''.join(' ' if char_script(c) in _CJK else c for c in text))
+
+def _n_words(text: str) -> float:
+    "Words of prose: a run of letters, or two Han/kana characters (which carry a word's worth each)."
+    counts = script_counts(text)
+    return len(_spaced_words(text)) + sum(counts[s] for s in _CJK) / 2
+
+# %% ../nbs/03_langid.ipynb 24
+@dataclass(frozen=True)
+class Outcome:
+    "What a continuation is, judged against the language it should be in."
+    outcome: str           # one of OUTCOMES
+    language: str | None   # the language of its prose where one was read (for `switched`: the language switched to)
+    confidence: float      # the detector's probability of `language` among the allowed languages (1 for a script)
+    reason: str            # which rule decided, in words
+
+MIN_WORDS = 3            # fewer words of prose than this: undecidable (the rule of the audit set, data/audit/RULE.md)
+MIN_CONFIDENCE = 0.5     # a Latin-script label below this probability among the allowed languages is not read
+MARKUP_SHARE = 0.5       # a window whose characters are at least half markup is degenerate
+DIGIT_SHARE = 0.5        # ... or whose digits are at least half of its digits and letters
+REPLACEMENT_SHARE = 0.2  # ... or with this share of U+FFFD (bytes that are not text)
+SPACE_SHARE = 0.7        # ... or, at 16 characters or more, with this share of white space (a run of empty lines)
+MIN_WORD_MARGIN = 2      # a switch between Latin-script languages needs this many more of its words than the expected one's
+HAN_ONLY_FOR_JA = 12     # Han characters without kana read as zh even where ja is allowed only past this many
+
+def _nonspace(text: str) -> int: return sum(not c.isspace() for c in text)
+
+def _degenerate(window: str, prose: str) -> str | None:
+    "Why the window is not prose in any language, or None."
+    n = _nonspace(window)
+    if window.count('\ufffd') >= max(3, REPLACEMENT_SHARE * n): return 'replacement characters'
+    if len(window) >= 16 and n <= (1 - SPACE_SHARE) * len(window): return 'white space'
+    if n and 1 - _nonspace(prose) / n >= MARKUP_SHARE: return 'markup'
+    digits, letters = len(_DIGIT.findall(prose)), sum(script_counts(prose).values())
+    if digits >= 4 and digits >= DIGIT_SHARE * (digits + letters): return 'digits'
+    if letters == 0 and _nonspace(prose) >= 4: return 'no letters'
+    if (unit := repetition_loop(prose)) is not None: return f'repetition loop {unit.strip()!r}'
+    if repeated_words(prose): return 'a few words repeated'
+    return None
+
+def _read(detector: 'LanguageDetector', text: str, reference: str) -> tuple[str | None, float, str]:
+    "The language of one stretch of prose with its probability, or None when it is not read with confidence."
+    counts = script_counts(text)
+    script = dominant_script(counts)
+    if script == 'CJK' and not counts['Kana'] and 'ja' in detector._index and 'zh' in detector._index \
+            and counts['Han'] < HAN_ONLY_FOR_JA and reference == 'ja':
+        return None, 0.0, 'Han characters without kana: zh or ja'
+    lang = detector._script_language(counts)
+    if lang == UNKNOWN: return None, 0.0, f'script {script} of no allowed language'
+    if lang is not None: return lang, 1.0, f'script {script}'
+    proba = dict(zip(detector.latin, detector._latin_proba(text)))
+    top = max(proba, key=proba.get)
+    if top == reference: return top, proba[top], 'fastText'
+    # a Latin-script language read where another was expected needs a second signal: the words of one of the two
+    # that the other does not use; they also overrule an unsure or wrong fastText in favour of the expected language
+    if SCRIPT_OF.get(reference) != 'Latin':
+        return (top, proba[top], 'fastText, another script expected') if proba[top] >= MIN_CONFIDENCE else \
+               (None, proba[top], f'fastText unsure ({top} {proba[top]:.2f})')
+    for_top, for_reference = _marker_counts(text, top, reference)
+    if for_reference > for_top:
+        return reference, proba.get(reference, 0.0), f'{for_reference} words of {reference} against {for_top} of {top}'
+    if proba[top] < MIN_CONFIDENCE: return None, proba[top], f'fastText unsure ({top} {proba[top]:.2f})'
+    if for_top >= for_reference + MIN_WORD_MARGIN: return top, proba[top], f'fastText and {for_top} words of {top} against {for_reference}'
+    return None, proba[top], f'fastText reads {top} ({proba[top]:.2f}); {for_top} words of it against {for_reference} of {reference}'
+
+def _stretches(prose: str) -> list[str]:
+    "The window's lines and sentences, each of which can be in its own language."
+    return [s for s in re.split(r'[\r\n\u2028\u2029]+|(?<=[.!?;。！？])\s+', prose) if s.strip()]
+
+def classify_outcome(text: str, # a model's continuation
+                     reference: str, # the language it should be in (the prompt's, the one asked for)
+                     languages: str | list[str] = ALL_LANGUAGES, # the languages a switch may name
+                     window: int = DECISION_CHARS, # characters read: the decision window
+                    ) -> Outcome:
+    """`in_language`, `switched` (to a named language), `degenerate` or `undecidable`: the rules, in this order.
+
+    1. degenerate: mostly markup, digits, white space, no letters, U+FFFD, or a loop (`repetition_loop`,
+       `repeated_words`);
+    2. undecidable: fewer than `MIN_WORDS` words of prose once markup is stripped;
+    3. switched: a line or sentence of `MIN_WORDS` words, or the whole window, read with confidence as another allowed
+       language (a Latin-script language read where another Latin one was expected also needs more of its own
+       frequent words than of the expected one's);
+    4. in_language: the whole window read as `reference`; otherwise undecidable (no confident label)."""
+    detector = get_detector(languages)
+    if reference not in detector._index:
+        raise MultilingError(f"reference language {reference!r} is not among the detector's languages {detector.languages}")
+    if not isinstance(text, str): raise MultilingError(f"the outcome classifier takes text (str), got {type(text).__name__}")
+    window_text = text[:window]
+    prose = strip_markup(window_text)
+    if len(window_text) == window and prose[-1:].isalpha() and char_script(prose[-1]) not in _CJK:
+        prose = prose[:len(prose) - len(re.search(r'\w*$', prose).group(0))]   # the window cut its last word
+    if (why := _degenerate(window_text, prose)) is not None: return Outcome('degenerate', None, 0.0, why)
+    if _n_words(prose) < MIN_WORDS: return Outcome('undecidable', None, 0.0, f'fewer than {MIN_WORDS} words of prose')
+    whole, p_whole, why_whole = _read(detector, prose, reference)
+    for stretch in _stretches(prose):
+        if _n_words(stretch) < MIN_WORDS: continue
+        lang, p, why = _read(detector, stretch, reference)
+        if lang is not None and lang != reference:
+            return Outcome('switched', lang, p, f'{why}, on {stretch.strip()[:24]!r}')
+    if whole is None: return Outcome('undecidable', None, p_whole, why_whole)
+    if whole != reference: return Outcome('switched', whole, p_whole, why_whole)
+    return Outcome('in_language', whole, p_whole, why_whole)
+
+def classify_outcomes(texts: list[str], # continuations
+                      references: str | list[str], # the language each should be in (one for all, or one per text)
+                      languages: str | list[str] = ALL_LANGUAGES, window: int = DECISION_CHARS,
+                     ) -> pd.DataFrame:
+    "`classify_outcome` of each text: columns `outcome`, `language`, `confidence`, `reason` (each distinct pair read once)."
+    texts = list(texts)
+    refs = [references] * len(texts) if isinstance(references, str) else list(references)
+    if len(refs) != len(texts): raise MultilingError(f"{len(texts)} texts but {len(refs)} reference languages")
+    cache = {}
+    for key in zip(texts, refs):
+        if key not in cache: cache[key] = classify_outcome(key[0], key[1], languages, window)
+    return pd.DataFrame([cache[k].__dict__ for k in zip(texts, refs)], columns=['outcome', 'language', 'confidence', 'reason'])
+
+# %% ../nbs/03_langid.ipynb 27
 def first_words(text: str, # a text
                 lang: str, # its language
                 n: int = 5, # words to keep

@@ -11,9 +11,10 @@ from scipy import stats as _st
 from .core import MultilingError
 
 # %% auto 0
-__all__ = ['bootstrap_ci', 'wilson_ci', 'with_proportion_ci', 'proportions_long', 'grouped_bootstrap_ci', 'grouped_proportion_ci',
-           'cluster_bootstrap_ci', 'bootstrap_share_ci', 'zscores', 'paired_test', 'spearman', 'binomial_test',
-           'proportion_ci', 'fisher_exact', 'ShareDiff', 'share_diff', 'benjamini_hochberg']
+__all__ = ['VERDICTS', 'bootstrap_ci', 'wilson_ci', 'with_proportion_ci', 'proportions_long', 'grouped_bootstrap_ci',
+           'grouped_proportion_ci', 'cluster_bootstrap_ci', 'bootstrap_share_ci', 'zscores', 'paired_test', 'spearman',
+           'binomial_test', 'proportion_ci', 'fisher_exact', 'ShareDiff', 'share_diff', 'benjamini_hochberg', 'Verdict',
+           'verdict', 'combine_verdicts']
 
 # %% ../nbs/05_stats.ipynb 4
 def bootstrap_ci(values, # 1-D array of per-unit outcomes (e.g. 0/1 per prompt)
@@ -224,3 +225,49 @@ def benjamini_hochberg(pvalues) -> np.ndarray:
     adj = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1)
     out = np.empty(n); out[order] = adj
     return out
+
+# %% ../nbs/05_stats.ipynb 24
+VERDICTS = ('consistent', 'inconsistent', 'inconclusive', 'not testable')
+
+class Verdict(NamedTuple):
+    "A claim's verdict, one of `VERDICTS`, and the reason in words."
+    verdict: str
+    reason: str
+
+def verdict(low: float, high: float, # the measure's interval (over prompts or items)
+            direction: str, # what the paper says: 'above' or 'below' `null`, or 'same' (within +- `margin` of it)
+            null: float = 0.0, # the value of no effect (0 for a difference, chance for an accuracy)
+            margin: float | None = None, # an equivalence margin declared with the claim (required for 'same')
+            testable: bool = True, # False when the measure is undefined, the intervention inert, a floor or ceiling
+            why_not: str = '', # why it cannot be tested
+           ) -> Verdict:
+    """The one verdict rule. `consistent`: the interval lies on the paper's side of `null` (inside the margin, for
+    'same'); `inconsistent`: it excludes the paper's effect (on the other side of `null`, or inside +- `margin` of it
+    when the paper claims an effect; wholly outside the margin for 'same'); `inconclusive`: it spans both;
+    `not testable`: the measure cannot answer (`testable` False, or no interval)."""
+    if direction not in ('above', 'below', 'same'):
+        raise ValueError(f"direction must be 'above', 'below' or 'same', got {direction!r}")
+    if direction == 'same' and margin is None: raise ValueError("a 'same' claim needs its equivalence margin")
+    if not testable: return Verdict('not testable', why_not or 'the measure cannot answer the claim')
+    if not (np.isfinite(low) and np.isfinite(high)): return Verdict('not testable', why_not or 'no interval: the measure is undefined')
+    interval = f"[{low:.3g}, {high:.3g}]"
+    inside = margin is not None and null - margin <= low and high <= null + margin
+    if direction == 'same':
+        if inside: return Verdict('consistent', f"{interval} lies within {null:g} +- {margin:g}")
+        if high < null - margin or low > null + margin:
+            return Verdict('inconsistent', f"{interval} lies outside {null:g} +- {margin:g}")
+        return Verdict('inconclusive', f"{interval} reaches beyond {null:g} +- {margin:g} without excluding it")
+    supports = low > null if direction == 'above' else high < null
+    opposes = high <= null if direction == 'above' else low >= null
+    if supports and not inside: return Verdict('consistent', f"{interval} lies {direction} {null:g}")
+    if opposes: return Verdict('inconsistent', f"{interval} excludes an effect {direction} {null:g}")
+    if inside: return Verdict('inconsistent', f"{interval} lies within the margin {null:g} +- {margin:g}: no effect of note")
+    return Verdict('inconclusive', f"{interval} spans {null:g}")
+
+def combine_verdicts(*parts: Verdict) -> Verdict:
+    "A claim with several conditions: not testable if any is, inconsistent if any is, consistent only if all are."
+    words = [p.verdict for p in parts]
+    reason = '; '.join(p.reason for p in parts)
+    for v in ('not testable', 'inconsistent'):
+        if v in words: return Verdict(v, reason)
+    return Verdict('consistent' if set(words) == {'consistent'} else 'inconclusive', reason)

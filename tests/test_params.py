@@ -20,7 +20,7 @@ def params_class(nb: Path):
     code = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code')
     m = re.search(r'(\w+Params)\.from_namespace\(globals\(\)\)', code)
     assert m, f'{nb.name} does not build its parameters with <Study>Params.from_namespace(globals())'
-    for mod in ('params', 'liha', 'lens', 'neurons', 'retrieval', 'clt', 'organisms', 'tasks', 'finetune'):
+    for mod in ('params', 'liha', 'lens', 'neurons', 'retrieval', 'clt', 'organisms', 'tasks', 'finetune', 'instrument'):
         try: module = importlib.import_module(f'multiling.{mod}')
         except ImportError: continue
         if hasattr(module, m.group(1)): return getattr(module, m.group(1))

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the studies whose figures follow the style: every experiment notebook
 STYLED = [ROOT / 'nbs' / f'{n}.ipynb' for n in ('20_liha', '21_base_vs_instruct', '22_script_study', '23_clt_steering',
                                                  '24_language_control', '25_language_neurons', '26_retrieval_heads',
-                                                 '27_organism_quality')]
+                                                 '27_organism_quality', '28_instrument')]
 
 
 def figure_cells(nb_path):
