@@ -14,7 +14,7 @@ from . import stats
 
 # %% auto 0
 __all__ = ['EXPECTED', 'AUDIT_LABELS', 'AUDIT_COLUMNS', 'window_texts', 'detector_error', 'error_summary', 'audit_sample',
-           'load_audit', 'audit_scores', 'InstrumentParams']
+           'load_audit', 'audit_scores', 'rescore_sources', 'InstrumentParams']
 
 # %% ../nbs/03_instrument.ipynb 4
 _UNSPACED = ('zh', 'ja')
@@ -90,24 +90,30 @@ def error_summary(probes: pd.DataFrame, # from `detector_error`
 # %% ../nbs/03_instrument.ipynb 8
 AUDIT_LABELS = ('in_language', 'switched', 'degenerate', 'undecidable')
 
-# where each committed table keeps its continuations, the language a row is judged against, and the columns that
-# identify the row; (kind, filter, n) strata below say how many rows of each kind are drawn
+# where each committed table keeps its continuations, the language a row is judged against, the columns that
+# identify the row, and the study's own language label (the old rule); strata below say how many rows are drawn
 _AUDIT_SOURCES = {
-    'liha': ('liha_generations_{model}.parquet', 'ablated_text', 'lang', ['layer', 'head', 'lang', 'prompt_id']),
-    'liha_script': ('liha_shards_script_{model}/*.parquet', 'ablated_text', 'lang', ['layer', 'head', 'lang', 'prompt_id']),
+    'liha': ('liha_generations_{model}.parquet', 'ablated_text', 'lang', ['layer', 'head', 'lang', 'prompt_id'], 'ablated_lang'),
+    'liha_script': ('liha_shards_script_{model}/*.parquet', 'ablated_text', 'lang', ['layer', 'head', 'lang', 'prompt_id'],
+                    'ablated_lang'),
     'liha_instruct_organism': ('liha_shards_organism-balanced-small-instruct/*.parquet', 'ablated_text', 'lang',
-                               ['layer', 'head', 'lang', 'prompt_id']),
-    'clt_steering': ('clt_steering_{model}.parquet', 'continuation', 'source', ['source', 'target', 'strength', 'prompt_index']),
+                               ['layer', 'head', 'lang', 'prompt_id'], 'ablated_lang'),
+    'clt_steering': ('clt_steering_{model}.parquet', 'continuation', 'source', ['source', 'target', 'strength', 'prompt_index'],
+                     'detected'),
     'neuron_forcing': ('neurons_tampering_generations_{model}.parquet', 'output', 'source',
-                       ['language', 'condition', 'n_units', 'prompt_id', 'sample_seed']),
+                       ['language', 'condition', 'n_units', 'prompt_id', 'sample_seed'], 'detected'),
     'language_control': ('lc_scenario_answers_{model}.parquet', 'response', 'target',
-                         ['item_id', 'target', 'scenario', 'prompting', 'variant']),
+                         ['item_id', 'target', 'scenario', 'prompting', 'variant'], 'detected'),
 }
 
-def _source_table(results_dir: Path, pattern: str) -> pd.DataFrame:
-    files = sorted(results_dir.glob(pattern))
-    if not files: raise MultilingError(f"no committed table {results_dir / pattern}: run its study first")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+def _source_rows(results_dir: Path, kind: str, model: str) -> pd.DataFrame:
+    "The rows of a study's committed table that hold a continuation judged against a language."
+    pattern, text_col, ref_col = _AUDIT_SOURCES[kind][:3]
+    files = sorted(results_dir.glob(pattern.format(model=model)))
+    if not files: raise MultilingError(f"no committed table {results_dir / pattern.format(model=model)}: run its study first")
+    t = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if kind == 'neuron_forcing': t = t[t.prompt_type == 'translation']   # unconditional prompts have no source language
+    return t[t[text_col].map(lambda s: isinstance(s, str)) & t[ref_col].map(lambda s: isinstance(s, str))]
 
 def _key_value(v):
     "A row key's value as written: whole floats (the script shards store layers as floats) as integers."
@@ -125,10 +131,8 @@ def audit_sample(results_dir: str | Path, # the committed result tables
               ('neuron_forcing', 'any', 30), ('language_control', 'any', 30)]
     rng, rows = np.random.default_rng(seed), []
     for kind, stratum, n in strata:
-        pattern, text_col, ref_col, key_cols = _AUDIT_SOURCES[kind]
-        t = _source_table(results_dir, pattern.format(model=model))
-        t = t[t[text_col].map(lambda s: isinstance(s, str))]
-        if kind == 'neuron_forcing': t = t[t.prompt_type == 'translation']
+        _, text_col, ref_col, key_cols, _ = _AUDIT_SOURCES[kind]
+        t = _source_rows(results_dir, kind, model)
         if stratum != 'any':
             raw = t['ablated_lang'] != t['lang']
             t = t[raw if stratum == 'raw_switch' else ~raw]
@@ -185,6 +189,23 @@ def audit_scores(audit: pd.DataFrame, # from `load_audit`
     return out
 
 # %% ../nbs/03_instrument.ipynb 13
+def rescore_sources(results_dir: str | Path, # the committed result tables
+                    model: str = 'gemma-3-270m', # whose tables
+                    languages: str | list[str] = ALL_LANGUAGES, window: int = DECISION_CHARS,
+                   ) -> pd.DataFrame:
+    "Per study table: n, the share its own label called another language, and the share of each outcome of the classifier."
+    rows = []
+    for kind, (_, text_col, ref_col, _, label_col) in _AUDIT_SOURCES.items():
+        try: t = _source_rows(Path(results_dir), kind, model)
+        except MultilingError: continue
+        read = classify_outcomes(t[text_col], t[ref_col].tolist(), languages, window)
+        rows.append({'source': kind, 'n': len(t), 'own_label_other': float((t[label_col] != t[ref_col]).mean()),
+                     **{o: float((read.outcome == o).mean()) for o in OUTCOMES},
+                     'switched_among_own_other': float((read.outcome[(t[label_col] != t[ref_col]).to_numpy()]
+                                                        == 'switched').mean())})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/03_instrument.ipynb 16
 from .params import NotebookParams, common, languages as language_list, param
 
 @dataclass
@@ -195,6 +216,7 @@ class InstrumentParams(NotebookParams):
     n_per_language: int = param(int, 'held-out verses per language (the same verses in every language)', min=1)
     decide_chars: int = common('decide_chars')
     audit: str = param(str, 'the labelled audit set (CSV, see data/audit/RULE.md)')
+    results_dir: str = param(str, "the studies' committed tables, read again with the classifier")
     out_dir: str = common('out_dir')
     fig_dir: str = common('fig_dir')
     device: str = common('device')

@@ -31,6 +31,56 @@ MISSING_PARAMETERS = {}
 # model names whose committed records carry more than one weights hash (the stale files above)
 MODELS_WITH_STALE_RESULTS = {}
 
+# sidecars whose commit ends in +dirty: the code that made them is in no commit. Made by default runs of 2026-11-30
+# from uncommitted changes; each leaves this list when the one re-run of the default runs re-makes it from a commit
+DIRTY_REASON = "made from uncommitted code (commit +dirty); re-made by the re-run of the default runs"
+DIRTY_COMMIT = {path: DIRTY_REASON for path in [
+    'data/results/neurons_gemma-3-270m.json',
+    'data/results/clt_mixture_selectivity.meta.json',
+    'data/results/langid_accuracy.meta.json',
+    'data/results/liha_base_vs_instruct.meta.json',
+    'data/results/liha_base_vs_instruct_mass.meta.json',
+    'data/results/liha_base_vs_instruct_summary.meta.json',
+    'data/results/neurons_ap_distribution_gemma-3-270m.meta.json',
+    'data/results/neurons_ap_summary_gemma-3-270m.meta.json',
+    'data/results/neurons_ap_vs_lape_gemma-3-270m.meta.json',
+    'data/results/neurons_first_last_gemma-3-270m.meta.json',
+    'data/results/neurons_layers_gemma-3-270m.meta.json',
+    'data/results/neurons_overlap_gemma-3-270m.meta.json',
+    'data/results/neurons_sites_gemma-3-270m.meta.json',
+    'data/results/neurons_tampering_by_language_gemma-3-270m.meta.json',
+    'data/results/neurons_tampering_gemma-3-270m.meta.json',
+    'data/results/neurons_tampering_generations_gemma-3-270m.meta.json',
+    'data/results/neurons_tampering_tests_gemma-3-270m.meta.json',
+    'data/results/neurons_timing_gemma-3-270m.meta.json',
+    'data/results/organisms_fidelity.meta.json',
+    'data/results/organisms_instructions.meta.json',
+    'data/results/organisms_perplexity.meta.json',
+    'data/results/organisms_training.meta.json',
+    'data/results/retrieval_by_layer_language.meta.json',
+    'data/results/retrieval_head_scores_runs.meta.json',
+    'data/results/retrieval_heads.meta.json',
+    'data/results/retrieval_masking.meta.json',
+    'data/results/retrieval_masking_contrast.meta.json',
+    'data/results/retrieval_masking_runs.meta.json',
+    'data/results/retrieval_needle_answers.meta.json',
+    'data/results/retrieval_sharing.meta.json',
+    'data/results/retrieval_transition_overlap.meta.json',
+    'data/results/retrieval_vs_transition_by_layer.meta.json',
+    'figures/clt_mixture_selectivity.meta.json',
+    'figures/liha_base_vs_instruct.meta.json',
+    'figures/liha_base_vs_instruct_mass.meta.json',
+    'figures/neurons_ap_vs_lape_gemma-3-270m.meta.json',
+    'figures/neurons_layers_gemma-3-270m.meta.json',
+    'figures/neurons_overlap_gemma-3-270m.meta.json',
+    'figures/neurons_tampering_gemma-3-270m.meta.json',
+    'figures/organisms_quality.meta.json',
+    'figures/retrieval_by_layer_language.meta.json',
+    'figures/retrieval_heads.meta.json',
+    'figures/retrieval_masking.meta.json',
+    'figures/retrieval_vs_transition_by_layer.meta.json',
+]}
+
 RECORDS = committed_records(REPO_ROOT)
 RESULTS = [r for r in RECORDS if r['kind'] != 'other']
 CURRENT = current_weights(RECORDS)
@@ -67,10 +117,22 @@ def test_one_weights_hash_per_model(model):
     assert len(hashes) == 1, {h: paths[:3] for h, paths in hashes.items()}
 
 
+def _commit(rec): return json.loads((REPO_ROOT / rec['path']).read_text()).get('commit')
+
+# every record that names a commit (sidecars and the neuron sets; sweep keys name none)
+WITH_COMMIT = [r for r in RECORDS if _commit(r) is not None]
+
+
+@pytest.mark.parametrize('rec', _cases(WITH_COMMIT, DIRTY_COMMIT))
+def test_result_names_a_clean_commit(rec):
+    # a committed result must name the commit whose code made it
+    assert not str(_commit(rec)).endswith('+dirty'), _commit(rec)
+
+
 def test_known_failures_are_committed_files():
     # a list entry whose file is gone (deleted, renamed) must leave its list
     paths = {r['path'] for r in RECORDS}
-    listed = set(STALE_WEIGHTS) | set(NO_PROVENANCE) | set(MISSING_PARAMETERS)
+    listed = set(STALE_WEIGHTS) | set(NO_PROVENANCE) | set(MISSING_PARAMETERS) | set(DIRTY_COMMIT)
     assert not listed - paths, sorted(listed - paths)
     assert set(MODELS_WITH_STALE_RESULTS) <= set(CURRENT)
 
