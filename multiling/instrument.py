@@ -193,9 +193,10 @@ def rescore_sources(results_dir: str | Path, # the committed result tables
                     model: str = 'gemma-3-270m', # whose tables
                     languages: str | list[str] = ALL_LANGUAGES, window: int = DECISION_CHARS,
                    ) -> pd.DataFrame:
-    "Per study table: n, the share its own label called another language, and the share of each outcome of the classifier."
+    "Per study table of `model`: n, the share its own label called another language, and the share of each outcome of the classifier."
     rows = []
-    for kind, (_, text_col, ref_col, _, label_col) in _AUDIT_SOURCES.items():
+    for kind, (pattern, text_col, ref_col, _, label_col) in _AUDIT_SOURCES.items():
+        if '{model}' not in pattern: continue   # another model's table (the instruct organism's sweep)
         try: t = _source_rows(Path(results_dir), kind, model)
         except MultilingError: continue
         read = classify_outcomes(t[text_col], t[ref_col].tolist(), languages, window)

@@ -47,4 +47,18 @@ def outcome_rates(rows: pd.DataFrame, # from `outcome_rows`
     return out
 
 # %% auto 0
-__all__ = ['outcome_rows', 'outcome_rates']
+__all__ = ['outcome_rows', 'outcome_rates', 'heads_above_floor']
+
+# %% ../nbs/08_rates.ipynb 5
+def heads_above_floor(rates: pd.DataFrame, # from `outcome_rates` by ['layer', 'head'] (`n_pairs`, `switched`)
+                      floor: float, # the rate of false switches on clean text (the upper end of its interval: conservative)
+                      alpha: float = 0.05, # the false discovery rate over heads
+                     ) -> pd.DataFrame:
+    """Each head's real switches against the detector's floor: a one-sided exact binomial test (k switches of n pairs,
+    at rate `floor`), Benjamini-Hochberg adjusted over the heads; `above_floor` where the adjusted p is below `alpha`."""
+    if not 0 < floor < 1: raise MultilingError(f"the floor must be a rate strictly between 0 and 1, got {floor}")
+    from scipy.stats import binomtest
+    k = (rates.switched * rates.n_pairs).round().astype(int)
+    p = [binomtest(int(ki), int(ni), floor, alternative='greater').pvalue for ki, ni in zip(k, rates.n_pairs)]
+    out = rates.assign(switches=k, floor=floor, p_floor=p, p_floor_bh=stats.benjamini_hochberg(p))
+    return out.assign(above_floor=out.p_floor_bh < alpha)
