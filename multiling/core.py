@@ -98,11 +98,14 @@ def set_seed(seed: int = 0):
 
 # %% ../nbs/00_core.ipynb 18
 def git_commit(root: Path | None = None) -> str:
-    "The current commit of the repository (`unknown` outside git), with `+dirty` for uncommitted changes."
+    """The current commit of the repository (`unknown` outside git), with `+dirty` for uncommitted changes to what holds
+    code or inputs. The studies' outputs (`data/results/`, `figures/`) do not count: a run of several notebooks in a
+    row writes them, and they change no code."""
     root = root or REPO_ROOT
     try:
         sha = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.',
+                                ':(exclude)data/results', ':(exclude)figures'], cwd=root, capture_output=True, text=True).stdout.strip()
         return sha + ('+dirty' if dirty else '')
     except Exception: return 'unknown'
 
@@ -126,7 +129,7 @@ def tensor_hash(tensors, n: int = 16) -> str:
         h.update(str(k).encode()); h.update(t.detach().to('cpu', torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:n]
 
-# %% ../nbs/00_core.ipynb 20
+# %% ../nbs/00_core.ipynb 21
 def notebook_file(notebook: str | Path | None, # a notebook's path, or its name without folder and extension ('20_liha')
                  ) -> Path | None:
     "The existing `.ipynb` file that `notebook` names (a path from the repository root or absolute, or a name in nbs/), or None."
@@ -164,7 +167,7 @@ def notebook_defaults(notebook: str | Path, # a notebook (path or name, see `not
                                  "parameters are plain values (numbers, strings, True/False/None, lists)") from None
     return defaults
 
-# %% ../nbs/00_core.ipynb 22
+# %% ../nbs/00_core.ipynb 23
 def param_text(value) -> str:
     "A parameter value as typed on papermill's command line (`-p name text`): lists comma-separated, whole floats as integers."
     if value is None or isinstance(value, bool): return str(value)
@@ -192,7 +195,7 @@ def remake_command(notebook: str | Path, # the notebook that made the result (pa
             if k in params and param_text(params[k]) != param_text(defaults[k])]
     return ' '.join(['papermill -k python3', notebook, output or f'data/runs/{Path(notebook).name}', *args])
 
-# %% ../nbs/00_core.ipynb 24
+# %% ../nbs/00_core.ipynb 25
 def provenance(model: str | None = None, # model spec as given by the user
                params: dict | None = None, # the run's parameters (papermill or CLI)
                notebook: str | None = None, # the notebook (path or name, see `notebook_path`) or script that made the result
@@ -208,7 +211,7 @@ def provenance(model: str | None = None, # model spec as given by the user
     return json.loads(json.dumps(rec, default=str))
 
 
-# %% ../nbs/00_core.ipynb 27
+# %% ../nbs/00_core.ipynb 28
 @contextmanager
 def atomic_path(path: str | Path):
     "Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it."
@@ -244,7 +247,7 @@ def checkpoint_dir(path: str | Path, # the sweep's checkpoint folder
     kf.write_text(json.dumps(key, default=str))
     return path
 
-# %% ../nbs/00_core.ipynb 31
+# %% ../nbs/00_core.ipynb 32
 def save_table(df, # a tidy pandas DataFrame
                stem: str, # file name without extension, e.g. 'liha_switch_rates'
                out_dir: str | Path, # folder: the notebook's `out_dir` parameter
@@ -270,7 +273,7 @@ def load_table(path: str | Path):
     if not path.exists(): raise MultilingError(f"no table at {path}: run the notebook that writes it first")
     return pd.read_parquet(path) if path.suffix == '.parquet' else pd.read_csv(path)
 
-# %% ../nbs/00_core.ipynb 34
+# %% ../nbs/00_core.ipynb 35
 def save_figure(fig, # a matplotlib Figure
                 stem: str, # same stem as the table it plots
                 out_dir: str | Path, # folder: the notebook's `fig_dir` parameter
@@ -286,7 +289,7 @@ def save_figure(fig, # a matplotlib Figure
     write_json({**(prov or {}), 'figure': stem, 'files': [p.name for p in paths]}, Path(out_dir) / f'{stem}.meta.json')
     return paths
 
-# %% ../nbs/00_core.ipynb 37
+# %% ../nbs/00_core.ipynb 38
 def output_dirs(out_dir: str | Path | None = None, fig_dir: str | Path | None = None) -> tuple[Path, Path]:
     "Resolve (and create) the results and figures folders; relative paths are taken from the repository root."
     out = Path(out_dir) if out_dir else RESULTS_DIR

@@ -13,8 +13,8 @@ from .langid import DECISION_CHARS, OUTCOMES, classify_outcomes, get_detector
 from . import stats
 
 # %% auto 0
-__all__ = ['EXPECTED', 'AUDIT_LABELS', 'AUDIT_COLUMNS', 'window_texts', 'detector_error', 'error_summary', 'audit_sample',
-           'load_audit', 'audit_scores', 'rescore_sources', 'InstrumentParams']
+__all__ = ['EXPECTED', 'AUDIT_LABELS', 'AUDIT_COLUMNS', 'window_texts', 'detector_error', 'error_summary', 'switch_floor',
+           'audit_sample', 'load_audit', 'audit_scores', 'rescore_sources', 'InstrumentParams']
 
 # %% ../nbs/03_instrument.ipynb 4
 _UNSPACED = ('zh', 'ja')
@@ -88,6 +88,19 @@ def error_summary(probes: pd.DataFrame, # from `detector_error`
     return pd.DataFrame(rows)
 
 # %% ../nbs/03_instrument.ipynb 8
+def switch_floor(probes: pd.DataFrame, # from `detector_error`
+                 languages: str | list[str], # the sweep's languages
+                 level: float = 0.95) -> dict:
+    "The false-switch rate on the clean windows of `languages`, pooled, with its Wilson interval: `floor` is its upper end."
+    langs = parse_languages(languages)
+    clean = probes[probes.kind.str.startswith('clean') & probes.lang.isin(langs)]
+    if missing := sorted(set(langs) - set(clean.lang)):
+        raise MultilingError(f"no clean windows of {missing} among the probes: run detector_error on those languages")
+    k, n = int((clean.outcome == 'switched').sum()), len(clean)
+    low, high = stats.proportion_ci(k, n, level)
+    return dict(languages=','.join(langs), n=n, false_switches=k, rate=k / n, low=low, floor=high)
+
+# %% ../nbs/03_instrument.ipynb 11
 AUDIT_LABELS = ('in_language', 'switched', 'degenerate', 'undecidable')
 
 # where each committed table keeps its continuations, the language a row is judged against, the columns that
@@ -146,7 +159,7 @@ def audit_sample(results_dir: str | Path, # the committed result tables
     out.insert(0, 'audit_id', [f'a{i:03d}' for i in range(len(out))])
     return out
 
-# %% ../nbs/03_instrument.ipynb 9
+# %% ../nbs/03_instrument.ipynb 12
 AUDIT_COLUMNS = ('audit_id', 'source', 'reference', 'text', 'label', 'language')
 
 def load_audit(path: str | Path, # the audit set CSV (data/audit/audit_set.csv)
@@ -188,7 +201,7 @@ def audit_scores(audit: pd.DataFrame, # from `load_audit`
     out.attrs['predictions'] = pd.concat([audit.reset_index(drop=True), pred.add_prefix('predicted_')], axis=1)
     return out
 
-# %% ../nbs/03_instrument.ipynb 13
+# %% ../nbs/03_instrument.ipynb 16
 def rescore_sources(results_dir: str | Path, # the committed result tables
                     model: str = 'gemma-3-270m', # whose tables
                     languages: str | list[str] = ALL_LANGUAGES, window: int = DECISION_CHARS,
@@ -206,7 +219,7 @@ def rescore_sources(results_dir: str | Path, # the committed result tables
                                                         == 'switched').mean())})
     return pd.DataFrame(rows)
 
-# %% ../nbs/03_instrument.ipynb 16
+# %% ../nbs/03_instrument.ipynb 19
 from .params import NotebookParams, common, languages as language_list, param
 
 @dataclass

@@ -14,11 +14,12 @@ from . import stats
 from .params import NotebookParams, common, model_param, param
 
 # %% auto 0
-__all__ = ['STOP_MARGIN', 'METHODS', 'STOP_EVERY', 'COMPENSATION_METRICS', 'decision_text', 'decided', 'parse_heads',
-           'switch_rates', 'switch_rows', 'first_divergence', 'shortcut_generate', 'liha_generations', 'broadcasters',
-           'summarize', 'liha_cli', 'LihaParams', 'language_token_weights', 'language_directions', 'norm_affine',
-           'norm_scale', 'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads',
-           'head_dla', 'CompensationRuns', 'compensation_runs', 'compensation_table', 'compensation', 'control_heads',
+__all__ = ['STOP_MARGIN', 'METHODS', 'STOP_EVERY', 'BROADCAST_TARGETS', 'COMPENSATION_METRICS', 'decision_text', 'decided',
+           'parse_heads', 'switch_rates', 'switch_rows', 'first_divergence', 'shortcut_generate', 'liha_generations',
+           'broadcast_attention', 'broadcaster_heads', 'broadcasters', 'matched_attention_contrast', 'summarize',
+           'liha_cli', 'LihaParams', 'language_token_weights', 'language_directions', 'norm_affine', 'norm_scale',
+           'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads', 'head_dla',
+           'CompensationRuns', 'compensation_runs', 'compensation_table', 'compensation', 'control_heads',
            'compensation_specificity', 'generation_layer_change']
 
 # %% ../nbs/08_liha.ipynb 4
@@ -264,35 +265,106 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     return gens.sort_values(['layer', 'head', 'lang', 'prompt_id'], kind='stable').reset_index(drop=True)
 
 # %% ../nbs/08_liha.ipynb 16
-def broadcasters(model, # a LoadedModel
-                 gens: pd.DataFrame, # generations of a sweep (uses each prompt's clean continuation)
-                 add_bos: bool = False, # prepend a BOS token before the prompt
-                 batch_size: int = 16) -> pd.DataFrame:
-    "Per head: mean attention from the generated positions to the first prompt token (prompt + clean continuation)."
+BROADCAST_TARGETS = ('bos', 'first_token')
+
+def broadcast_attention(model, # a LoadedModel
+                        gens: pd.DataFrame, # generations of a sweep (uses each prompt's clean continuation)
+                        batch_size: int = 16,
+                        step_heads=(), # heads, (layer, head), whose attention is also kept at every generated step
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Attention from the clean continuation's positions to the BOS token and to the first content token, measured
+    apart, with the model's BOS as it was trained (none where its tokenizer adds none: then `bos` is left out).
+    Returns (per row: every head's mean over the generated steps, and over their first and second halves;
+    per row and generated step: the attention of `step_heads`)."""
     import torch
     from multiling.interventions import forward
     pairs = gens.drop_duplicates(['lang', 'prompt_id'])[['lang', 'prompt_id', 'prompt', 'clean_text']]
-    pairs = pairs[pairs['clean_text'].str.len() > 0]
-    a = model.adapter
-    tot = torch.zeros(a.n_layers, a.n_heads, dtype=torch.float64)
-    cnt = 0
+    pairs = pairs[pairs['clean_text'].fillna('').str.len() > 0].reset_index(drop=True)
+    if pairs.empty: raise MultilingError('no clean continuation to read attention on')
+    a, bos = model.adapter, model.adds_bos
+    targets = BROADCAST_TARGETS if bos else BROADCAST_TARGETS[1:]
+    step_heads = [(int(l), int(h)) for l, h in step_heads]
+    rows, steps = [], []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs.iloc[i:i + batch_size]
-        full = (chunk['prompt'] + chunk['clean_text']).tolist()
-        plen = model.encode(chunk['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
-        batch = model.encode(full, add_bos=add_bos)
+        plen = model.encode(chunk['prompt'].tolist()).attention_mask.sum(1)
+        batch = model.encode((chunk['prompt'] + chunk['clean_text']).tolist())
         with torch.no_grad(): att = forward(model, batch, attentions=True, last=1)['attentions']  # [L, b, H, q, k]
-        mask = batch.attention_mask
-        width = mask.shape[1]
-        first = width - mask.sum(1)
-        for j in range(len(chunk)):
+        width = batch.attention_mask.shape[1]
+        first = width - batch.attention_mask.sum(1)
+        for j, r in enumerate(chunk.itertuples()):
             gen_q = torch.arange(int(first[j] + plen[j]), width)
             if len(gen_q) == 0: continue
-            tot += att[:, j, :, gen_q, int(first[j])].double().mean(-1).cpu()
-            cnt += 1
-    mean = (tot / max(cnt, 1)).numpy()
-    return pd.DataFrame([dict(layer=l, head=h, add_bos=add_bos, first_token_attention=float(mean[l, h]), n=cnt)
-                         for l in range(a.n_layers) for h in range(a.n_heads)])
+            half = max(1, len(gen_q) // 2)
+            for t in targets:
+                k = int(first[j]) + (1 if t == 'first_token' and bos else 0)
+                x = att[:, j, :, gen_q, k].double().cpu()   # [L, H, steps]
+                steps += [(r.prompt_id, r.lang, l, h, t, s, float(x[l, h, s])) for l, h in step_heads
+                          for s in range(x.shape[-1])]
+                mean, early = x.mean(-1).numpy(), x[..., :half].mean(-1).numpy()
+                late = x[..., half:].mean(-1).numpy() if x.shape[-1] > 1 else early
+                for l in range(a.n_layers):
+                    for h in range(a.n_heads):
+                        rows.append((r.prompt_id, r.lang, l, h, t, mean[l, h], early[l, h], late[l, h]))
+    per_row = pd.DataFrame(rows, columns=['prompt_id', 'lang', 'layer', 'head', 'target', 'attention', 'early', 'late'])
+    per_step = pd.DataFrame(steps, columns=['prompt_id', 'lang', 'layer', 'head', 'target', 'step', 'attention'])
+    return per_row, per_step
+
+def broadcaster_heads(per_row: pd.DataFrame, # from `broadcast_attention`
+                     ) -> pd.DataFrame:
+    """Per head: mean attention from the generated positions to the first content token (`first_token_attention`) and
+    to BOS (`bos_attention`), and how persistent the first is (`persistence`: its mean over the second half of the
+    generated steps over its mean over the first half)."""
+    g = per_row.groupby(['layer', 'head', 'target'])[['attention', 'early', 'late']].mean().unstack('target')
+    out = pd.DataFrame({'first_token_attention': g[('attention', 'first_token')],
+                        'bos_attention': g[('attention', 'bos')] if ('attention', 'bos') in g else np.nan,
+                        'persistence': g[('late', 'first_token')] / g[('early', 'first_token')]}).reset_index()
+    return out.assign(n=per_row[['prompt_id', 'lang']].drop_duplicates().shape[0])
+
+def broadcasters(model, # a LoadedModel
+                 gens: pd.DataFrame, # generations of a sweep (uses each prompt's clean continuation)
+                 batch_size: int = 16) -> pd.DataFrame:
+    "`broadcaster_heads` of `broadcast_attention`: each head's attention to the first content token and to BOS."
+    return broadcaster_heads(broadcast_attention(model, gens, batch_size)[0])
+
+def _layer_matched_null(head_mean: pd.Series, heads, n_perm: int, seed: int) -> np.ndarray:
+    """The mean of `head_mean` over every layer-matched relabelling of `heads` (per layer, any of its heads may carry
+    the label; the observed one among them): all of them where there are at most `n_perm`, else `n_perm` drawn."""
+    import itertools, math
+    by_layer = {}
+    for l, h in heads: by_layer.setdefault(l, []).append((l, h))
+    pools = {l: [c for c in head_mean.index if c[0] == l] for l in by_layer}
+    choices = [list(itertools.combinations(pools[l], len(hs))) for l, hs in by_layer.items()]
+    if math.prod(len(c) for c in choices) <= n_perm:
+        return np.array([np.mean([head_mean[c] for part in combo for c in part]) for combo in itertools.product(*choices)])
+    rng = np.random.default_rng(seed)
+    return np.array([np.mean([head_mean[c] for cs in choices for c in cs[rng.integers(len(cs))]]) for _ in range(n_perm)])
+
+def matched_attention_contrast(per_row: pd.DataFrame, # from `broadcast_attention`
+                               heads, # the heads tested: list of (layer, head)
+                               target: str = 'first_token', # 'first_token' or 'bos'
+                               n_boot: int = 2000, n_perm: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
+    """Do `heads` attend more to `target` than the other heads of their layers? Per row, their mean attention minus
+    the mean of the same layers' other heads, with a bootstrap over prompt ids (the unit of the claim); and a
+    layer-matched permutation p (each tested head swapped for a random other head of its layer)."""
+    heads = [(int(l), int(h)) for l, h in heads]
+    if not heads: raise MultilingError('no heads to test')
+    d = per_row[per_row.target == target]
+    if d.empty: raise MultilingError(f"no attention to {target!r} in the table (a model without BOS has no 'bos')")
+    wide = d.pivot_table(index=['prompt_id', 'lang'], columns=['layer', 'head'], values='attention')
+    layers = sorted({l for l, _ in heads})
+    others = [c for c in wide.columns if c[0] in layers and c not in heads]
+    if not others: raise MultilingError(f"no other head in layers {layers} to match {heads} against")
+    diff = wide[heads].mean(1) - wide[others].mean(1)
+    t = stats.cluster_bootstrap_ci(diff.rename('diff').reset_index(), [], 'diff', 'prompt_id', n_boot=n_boot,
+                                   level=level, seed=seed).iloc[0]
+    head_mean = wide.mean(0)
+    observed = float(head_mean[heads].mean())
+    null = _layer_matched_null(head_mean, heads, n_perm, seed)
+    return dict(target=target, heads=', '.join(f'L{l}H{h}' for l, h in heads), observed=observed,
+                matched=float(head_mean[others].mean()), diff=float(t['diff']), ci_low=float(t.ci_low),
+                ci_high=float(t.ci_high), n_rows=int(t.n), n_prompts=int(t.n_clusters),
+                p_permutation=float((null >= observed - 1e-12).mean()), n_permutations=len(null))
 
 def summarize(table: pd.DataFrame, # from `switch_rates` (language == 'all' rows are used)
              ) -> dict:
@@ -367,8 +439,9 @@ class LihaParams(NotebookParams):
     method: str = common('method')
     resume: bool = common('resume')
     top_k: int = param(int, 'top heads listed and shown by language', min=1)
-    n_compensation_heads: int = param(int, 'top heads ablated one at a time in the compensation analysis', min=1)
-    n_controls: int = param(int, 'control heads (lowest SR of the same layer) per top head', min=1)
+    n_compensation_heads: int = param(int, 'heads decomposed: those above the floor, topped up to this many by real switch rate', min=1)
+    n_controls: int = param(int, 'control heads (lowest real switch rate of the same layer) per decomposed head', min=1)
+    n_floor: int = param(int, "held-out verses per language on which the instrument's floor is measured", min=20)
     n_boot: int = common('n_boot')
 
     def __post_init__(self):

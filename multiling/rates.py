@@ -32,9 +32,14 @@ def outcome_rates(rows: pd.DataFrame, # from `outcome_rows`
                  ) -> pd.DataFrame:
     """Per group, over the pairs whose clean continuation is in its language: the share of each outcome of the ablated
     continuation (`switched` is the real switch rate, `degenerate` an outcome of its own), each with a bootstrap
-    interval that resamples prompts (the translations of one prompt id together), and the old rule's raw rate beside."""
+    interval that resamples prompts (the translations of one prompt id together), and the old rule's raw rate beside.
+    A group without such a pair has `n_pairs` 0 and no rate (NaN): a model that never stays in language has none."""
     kept = rows[rows.clean_outcome == 'in_language']
-    if kept.empty: raise MultilingError('no clean continuation is in its language: there is no rate to count')
+    groups = rows[by].drop_duplicates().sort_values(by).reset_index(drop=True)
+    cols = [*by, 'n_pairs', 'n_prompts'] + [c for o in OUTCOMES for c in (o, f'{o}_low', f'{o}_high')]
+    if kept.empty:   # nothing in language: every group is there, with no pair and no rate
+        out = groups.assign(**{c: (0 if c.startswith('n_') else np.nan) for c in cols if c not in by})[cols]
+        return out.assign(raw_switch_rate=np.nan) if 'raw_switch' in rows.columns else out
     tables = []
     for o in OUTCOMES:
         t = stats.cluster_bootstrap_ci(kept.assign(**{o: (kept.outcome == o).astype(int)}), by, o, 'prompt_id',
@@ -42,9 +47,12 @@ def outcome_rates(rows: pd.DataFrame, # from `outcome_rows`
         tables.append(t.rename(columns={'ci_low': f'{o}_low', 'ci_high': f'{o}_high'}).set_index(by))
     out = pd.concat([tables[0]] + [t.drop(columns=['n', 'n_clusters']) for t in tables[1:]], axis=1).reset_index()
     out = out.rename(columns={'n': 'n_pairs', 'n_clusters': 'n_prompts'})
+    out = groups.merge(out, on=by, how='left').fillna({'n_pairs': 0, 'n_prompts': 0})   # a group with no pair: NaN rates
+    out[['n_pairs', 'n_prompts']] = out[['n_pairs', 'n_prompts']].astype(int)
     if 'raw_switch' in kept.columns:
-        out = out.merge(kept.groupby(by).raw_switch.mean().rename('raw_switch_rate').reset_index(), on=by)
+        out = out.merge(kept.groupby(by).raw_switch.mean().rename('raw_switch_rate').reset_index(), on=by, how='left')
     return out
+
 
 # %% auto 0
 __all__ = ['outcome_rows', 'outcome_rates', 'heads_above_floor']
@@ -58,7 +66,8 @@ def heads_above_floor(rates: pd.DataFrame, # from `outcome_rates` by ['layer', '
     at rate `floor`), Benjamini-Hochberg adjusted over the heads; `above_floor` where the adjusted p is below `alpha`."""
     if not 0 < floor < 1: raise MultilingError(f"the floor must be a rate strictly between 0 and 1, got {floor}")
     from scipy.stats import binomtest
-    k = (rates.switched * rates.n_pairs).round().astype(int)
-    p = [binomtest(int(ki), int(ni), floor, alternative='greater').pvalue for ki, ni in zip(k, rates.n_pairs)]
+    k = (rates.switched.fillna(0) * rates.n_pairs).round().astype(int)
+    # a head without an in-language pair has no evidence: p = 1
+    p = [binomtest(int(ki), int(ni), floor, alternative='greater').pvalue if ni else 1.0 for ki, ni in zip(k, rates.n_pairs)]
     out = rates.assign(switches=k, floor=floor, p_floor=p, p_floor_bh=stats.benjamini_hochberg(p))
     return out.assign(above_floor=out.p_floor_bh < alpha)
