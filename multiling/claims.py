@@ -16,9 +16,10 @@ from . import stats
 # %% auto 0
 __all__ = ['FEW_HEADS', 'CLAIMS', 'COLUMNS', 'NotRun', 'ClaimContext', 'judge', 'judge_all', 'rate', 'liha_top_head',
            'broadcasters', 'compensation', 'base_vs_instruct', 'script', 'clt_shared_late', 'clt_probe',
-           'clt_no_english', 'clt_steering', 'clt_diffing', 'phases', 'selective_finetune', 'neurons_where',
-           'neurons_overlap', 'neurons_forcing', 'retrieval_transition', 'liha_profile', 'neuron_profile',
-           'clt_profile', 'lens_profile', 'depth_agreement', 'compute_claim', 'claim_finding', 'claims_table']
+           'clt_final_layer', 'clt_no_english', 'clt_steering', 'clt_diffing', 'phases', 'selective_finetune',
+           'neurons_where', 'neurons_overlap', 'neurons_forcing', 'retrieval_transition', 'liha_profile',
+           'neuron_profile', 'clt_profile', 'lens_profile', 'depth_agreement', 'compute_claim', 'claim_finding',
+           'claims_table']
 
 # %% ../nbs/15_claims.ipynb 4
 class NotRun(Exception):
@@ -137,7 +138,8 @@ def liha_top_head(ctx: ClaimContext) -> dict:
 
 def broadcasters(ctx: ClaimContext) -> dict:
     c = ctx.table('liha_broadcast_contrast', ctx.model,
-                  ['target', 'heads', 'observed', 'matched', 'diff', 'ci_low', 'ci_high', 'p_permutation', 'n_prompts'])
+                  ['target', 'heads', 'observed', 'matched', 'diff', 'ci_low', 'ci_high', 'p_permutation',
+                   'n_permutations', 'n_prompts'])
     c = c[c.target == 'first_token']
     if c.empty or not str(c.heads.iat[0]).strip() or str(c.heads.iat[0]) == 'nan':
         return {'verdict': 'not testable', 'reason': "no head's real switch rate exceeds the instrument's floor: no top "
@@ -153,7 +155,8 @@ def broadcasters(ctx: ClaimContext) -> dict:
     return dict(value=r['diff'], ci_low=r.ci_low, ci_high=r.ci_high, p=r.p_permutation, n=int(r.n_prompts),
                 **judge(r.ci_low, r.ci_high, 'above', reason=
         f"{r.heads} (above the floor): attention to the first content token {r.observed:.3f}, the other heads of their "
-        f"layers {r.matched:.3f}, BOS present (layer-matched permutation p {r.p_permutation:.2g}){persistence}"))
+        f"layers {r.matched:.3f}, BOS present (layer-matched permutation p {r.p_permutation:.2g}, the smallest attainable "
+        f"with {int(r.n_permutations)} relabellings {1 / r.n_permutations:.2g}){persistence}"))
 
 def compensation(ctx: ClaimContext) -> dict:
     c = ctx.table('liha_compensation_contrast', ctx.model,
@@ -202,20 +205,16 @@ def base_vs_instruct(ctx: ClaimContext) -> dict:
         f"({zero['instruct']} at 0)"))
 
 def script(ctx: ClaimContext) -> dict:
-    s = ctx.table('liha_script', ctx.model, ['layer', 'head', 'language', 'switch_rate', 'group', 'grouping'])
-    s = s[(s.grouping == 'script_group') & (s.language == 'all')].sort_values(['group', 'layer', 'head'])
-    latin, other = s[s.group == 'Latin'], s[s.group == 'non-Latin']
-    if latin.empty or len(latin) != len(other):
-        raise NotRun(f"liha_script_{ctx.model} lacks the Latin / non-Latin groups")
-    top_layer = s.layer.max()
-    def depth(d, i):
-        w, layer = d.switch_rate.to_numpy(float)[i], d.layer.to_numpy(float)[i]
-        return (w * layer).sum() / w.sum() / top_layer if w.sum() > 0 else np.nan
-    everything = np.arange(len(latin))
-    dl, do = depth(latin, everything), depth(other, everything)
-    low, high = ctx.boot(lambda i: depth(latin, i) - depth(other, i), len(everything))
-    return dict(value=dl - do, ci_low=low, ci_high=high, n=len(everything), **judge(low, high, 'above', reason=
-        f"depth of the switch-rate mass (0 first layer, 1 last): Latin {dl:.2f}, non-Latin {do:.2f}"))
+    i = ctx.table('liha_script_interaction', ctx.model,
+                  ['n_prompts', 'excess_non_latin', 'excess_latin', 'diff', 'ci_low', 'ci_high', 'p']).iloc[0]
+    if i.n_prompts == 0:
+        return {'verdict': 'not testable', 'reason': "a script group has no clean continuation in its language"}
+    return dict(value=i['diff'], ci_low=i.ci_low, ci_high=i.ci_high, p=i.p, n=int(i.n_prompts), **judge(
+        i.ci_low, i.ci_high, 'above', reason=
+        f"layer-0 excess of the real switch rate (a layer-0 head's ablation minus a deeper head's): non-Latin "
+        f"{i.excess_non_latin:+.4f}, Latin {i.excess_latin:+.4f}, paired over {int(i.n_prompts)} prompt ids "
+        f"(permutation p {i.p:.2g})"))
+
 
 # %% ../nbs/15_claims.ipynb 8
 def clt_shared_late(ctx: ClaimContext) -> dict:
@@ -245,6 +244,20 @@ def clt_probe(ctx: ClaimContext) -> dict:
                 **judge(low, high, 'above', first.chance, reason=
         f"probe accuracy at layer {first.layer}: {first.test_accuracy:.3f} on {n} held-out tokens "
         f"(chance {first.chance:.3f})"))
+
+def clt_final_layer(ctx: ClaimContext) -> dict:
+    # "final layer": the model's last layer, fixed before looking; "a few high-frequency features": the most frequent
+    # language-specific features of each language (notebook 23 keeps up to 5 per language)
+    feats = ctx.table('clt_language_features', ctx.model, ['layer', 'feature', 'top_language', 'top_rate'])
+    layers = ctx.table('clt_selectivity', ctx.model, ['layer']).layer
+    if feats.empty: return {'verdict': 'not testable', 'reason': 'no language-specific feature'}
+    n_layers, last = int(layers.max()) + 1, int(layers.max())
+    k, n = int((feats.layer == last).sum()), len(feats)
+    low, high = stats.proportion_ci(k, n, ctx.level)
+    return dict(value=k / n, ci_low=low, ci_high=high, n=n, **judge(low, high, 'above', 1 / n_layers, reason=
+        f"of the {n} most frequent language-specific features (up to 5 per language), {rate(k, n)} sit in the final layer "
+        f"{last}; an even spread puts {1 / n_layers:.3f} there; their median firing rate on their language's tokens "
+        f"{feats.top_rate.median():.2f}"))
 
 def clt_no_english(ctx: ClaimContext) -> dict:
     mix = ctx.table('clt_mixture_selectivity', None, ['layer', 'category', 'language', 'count', 'live', 'model'])
@@ -461,14 +474,18 @@ CLAIMS = [   # (claim, what the paper found, which model, our measure, the figur
      'liha_base_vs_instruct_mass', base_vs_instruct),
     ('Script: non-Latin scripts at layer 0, Latin languages deeper',
      'GPT-2: zh and ru handled at layer 0, Latin languages by the broadcasters deeper',
-     'model', 'depth of the switch-rate mass, Latin minus non-Latin (bootstrap CI over heads)',
-     'liha_script_by_layer_{model}', script),
+     'model', "layer-0 excess of the real switch rate, non-Latin minus Latin, paired by prompt id (bootstrap CI over "
+     'prompt ids)', 'liha_script_by_layer_{model}', script),
     ('CLT: features largely shared, language-specific decoding in late layers',
      'CLT paper: shared features; language-specific features emerge in late layers',
      'model', 'share of language-specific features, late half minus early half of the layers (Newcombe CI)',
      'clt_selectivity', clt_shared_late),
+    ('CLT: a few high-frequency final-layer features encode language',
+     'CLT paper: a few high-frequency final-layer features encode language',
+     'model', 'share of the most frequent language-specific features in the final layer (Wilson CI)',
+     'clt_selectivity', clt_final_layer),
     ('CLT: language identity is linearly decodable from early layers',
-     'CLT paper: a few high-frequency final-layer features encode language, decodable from early layers',
+     'CLT paper: language identity is linearly decodable from early layers',
      'model', 'language probe accuracy at the first layer (Wilson CI)', 'clt_language_probe', clt_probe),
     ('CLT: a model trained without English has the same shared structure',
      'CLT paper: the no-English model shares the same structure',

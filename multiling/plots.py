@@ -81,6 +81,7 @@ GLOSSARY = {
     'raw_switch_rate': Term('raw switch rate', "share whose detector label is not the prompt's", 'rate'),
     'effect': Term('effect on the prompt-language score', 'ablated - clean, mean over positions', 'signed'),
     'part': Term('part of the effect'), 'ablation': Term('ablation'),
+    'rate': Term('rate', 'share of in-language pairs', 'rate'),
     'english_mass': Term('probability of an English next token', 'after the newline', 'rate'),
     'z': Term('z-score of the switch rate', 'standard deviations from the mean head'),
     'delta': Term('change when the head is ablated', 'ablated - clean', 'signed'),
