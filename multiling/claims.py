@@ -167,7 +167,7 @@ def compensation(ctx: ClaimContext) -> dict:
         return {'verdict': 'not testable', 'reason': "no head's real switch rate exceeds the instrument's floor: no top "
                 "head to ablate"}
     head = f"L{up.layer.iat[0]}H{up['head'].iat[0]}"
-    rows = c[(c.head == head) & (c.ablation == 'zero')].set_index('part')
+    rows = c[(c['head'] == head) & (c.ablation == 'zero')].set_index('part')
     if 'heads' not in rows.index:
         raise NotRun(f"liha_compensation_contrast_{ctx.model} has no zero ablation of {head}")
     r, mlp = rows.loc['heads'], rows.loc['mlps'] if 'mlps' in rows.index else None
