@@ -172,6 +172,10 @@ def compensation(ctx: ClaimContext) -> dict:
         raise NotRun(f"liha_compensation_contrast_{ctx.model} has no zero ablation of {head}")
     r, mlp = rows.loc['heads'], rows.loc['mlps'] if 'mlps' in rows.index else None
     more = (f"; the MLPs {mlp.opposing:+.3g} (controls {mlp.opposing_controls:+.3g})" if mlp is not None else '')
+    others = c[(c['head'] != head) & c['head'].isin([f"L{l}H{h}" for l, h in zip(up.layer, up['head'])])
+               & (c.ablation == 'zero') & (c.part == 'heads')]
+    more += ''.join(f"; {o['head']}, also above the floor: contrast {o['diff']:+.3g} [{o.ci_low:+.3g}, {o.ci_high:+.3g}]"
+                    for _, o in others.iterrows())
     return dict(value=r['diff'], ci_low=r.ci_low, ci_high=r.ci_high, n=int(r.n_rows), **judge(r.ci_low, r.ci_high, 'above',
         reason=f"ablating {head} (the top head above the floor), the other heads undo {r.opposing:+.3g} of the "
                f"prompt-language score's change ({r.undone_share:.0%} of what the rest of the network does), against "
