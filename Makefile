@@ -66,7 +66,7 @@ models: data data/models/gemma-3-270m/config.json
 # conversion, the tiny organisms in ~25 s each and every run).
 MIN_27_organism_quality := 4
 MIN_28_instrument := 1
-MIN_20_liha := 48
+MIN_20_liha := 35
 MIN_21_base_vs_instruct := 5
 MIN_22_script_study := 3
 MIN_23_clt_steering := 33
