@@ -485,7 +485,10 @@ def train_instruct(base_dir: str | Path, # a finished base organism
                      stop_after=stop_after)
     if res is None: return out
     model.save_pretrained(out); tok.save_pretrained(out)
-    meta = dict(base, **run, base_steps=base['steps'], device=device, train_seconds=round(res['seconds'], 1), train_cpu_seconds=round(res['cpu_seconds'], 1),
+    # the instruct run's own token positions (batches of the base's shape, padding included), the base's beside them
+    meta = dict(base, **run, base_steps=base['steps'], base_tokens_seen=base.get('tokens_seen'),
+                tokens_seen=steps * s['batch_size'] * s['n_positions'], device=device,
+                train_seconds=round(res['seconds'], 1), train_cpu_seconds=round(res['cpu_seconds'], 1),
                 prep_seconds=round(prep_seconds, 1), threads=torch.get_num_threads(),
                 final_train_loss=round(float(np.mean(res['losses'][-50:])), 4),
                 provenance=provenance(params=dict(instruct_from=str(base_dir), steps=steps, seed=seed, lm_share=lm_share, precision=precision), notebook='07_organisms'))
