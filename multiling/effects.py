@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from .core import MultilingError, parse_languages, tensor_hash
 from . import stats
-from .liha import (_comp_rows, _position_weights, _table_hash, attn_norm_scale, final_norm_scale, head_dla,
+from .liha import (teacher_forced_rows, read_weights, table_hash, attn_norm_scale, final_norm_scale, head_dla,
                             parse_heads, readout)
 
 # %% auto 0
@@ -89,18 +89,18 @@ def ablation_effects(model, # a LoadedModel (or spec for `models.load_model`)
     if bad or not ablations: raise MultilingError(f"ablations must be among {ABLATIONS}, got {list(ablations)}")
     if missing := [l for l in languages if l not in directions]:
         raise MultilingError(f"no language direction for {missing}: compute them with liha.language_directions")
-    rows = _comp_rows(prompts, languages, continuations)
+    rows = teacher_forced_rows(prompts, languages, continuations)
     means = head_means(model, rows['text'].tolist(), batch_size=batch_size) if 'mean' in ablations else None
     key = sweep_key(model, what='ablation effects', languages=languages, heads=[list(h) for h in heads],
                     ablations=list(ablations), add_bos=add_bos, batch_size=batch_size,
-                    rows=_table_hash(rows[['prompt_id', 'lang', 'text']]),
+                    rows=table_hash(rows[['prompt_id', 'lang', 'text']]),
                     directions=tensor_hash({l: directions[l] for l in languages}))
     ckpt = checkpoints(out_dir, key, resume, what='ablation effects')
 
     def piece(i):
         chunk = rows.iloc[i:i + batch_size]
         batch = model.encode(chunk['text'].tolist(), add_bos=add_bos)
-        pw, _ = _position_weights(model, chunk, batch, add_bos)
+        pw, _ = read_weights(model, chunk, batch, add_bos)
         w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
         out = []
         with torch.no_grad():
@@ -120,15 +120,6 @@ def ablation_effects(model, # a LoadedModel (or spec for `models.load_model`)
     return table.assign(model=model.name)
 
 # %% ../nbs/08_effects.ipynb 9
-def _ratio(d: pd.DataFrame, num: str, den: str, n_boot: int, seed: int, level: float) -> tuple[float, float, float]:
-    "sum(num) / sum(den) with a bootstrap that resamples prompt ids."
-    per = d.groupby('prompt_id')[[num, den]].sum()
-    a, b = per[num].to_numpy(), per[den].to_numpy()
-    w = stats._resample_weights(len(a), n_boot, seed)
-    with np.errstate(invalid='ignore', divide='ignore'): boots = (w @ a) / (w @ b)
-    lo, hi = stats._quantiles(boots, level)
-    return float(a.sum() / b.sum()) if b.sum() else np.nan, float(lo), float(hi)
-
 def effect_summary(effects: pd.DataFrame, # from `ablation_effects`
                    n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     "Per ablated head and ablation: each part's mean with its interval over prompt ids, and the direct share."
@@ -139,7 +130,7 @@ def effect_summary(effects: pd.DataFrame, # from `ablation_effects`
         for part in EFFECT_PARTS:
             t = stats.cluster_bootstrap_ci(d, [], part, 'prompt_id', n_boot=n_boot, level=level, seed=seed).iloc[0]
             row |= {part: float(t[part]), f'{part}_low': float(t.ci_low), f'{part}_high': float(t.ci_high)}
-        share = _ratio(d, 'frozen', 'total', n_boot, seed, level)
+        share = stats.cluster_ratio_ci(d, 'frozen', 'total', 'prompt_id', n_boot, level, seed)
         out.append(row | dict(zip(['direct_share', 'direct_share_low', 'direct_share_high'], share)))
     return pd.DataFrame(out)
 
@@ -166,7 +157,8 @@ def compensation_contrast(effects: pd.DataFrame, # from `ablation_effects`, with
     own = _opposing(top, part)
     diff = (own - ctrl).rename('diff').reset_index()
     t = stats.cluster_bootstrap_ci(diff, [], 'diff', 'prompt_id', n_boot=n_boot, level=level, seed=seed).iloc[0]
-    share = _ratio(top.reset_index().assign(rest=lambda d: d[part] - d.total), part, 'rest', n_boot, seed, level)
+    share = stats.cluster_ratio_ci(top.reset_index().assign(rest=lambda d: d[part] - d.total), part, 'rest', 'prompt_id',
+                                   n_boot, level, seed)
     return dict(head=head, controls=', '.join(controls), part=part, ablation=ablation, opposing=float(own.mean()),
                 opposing_controls=float(np.mean(ctrl)), diff=float(t['diff']), ci_low=float(t.ci_low),
                 ci_high=float(t.ci_high), undone_share=share[0], undone_share_low=share[1], undone_share_high=share[2],

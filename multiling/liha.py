@@ -15,12 +15,12 @@ from .params import NotebookParams, common, model_param, param
 
 # %% auto 0
 __all__ = ['STOP_MARGIN', 'METHODS', 'STOP_EVERY', 'BROADCAST_TARGETS', 'COMPENSATION_METRICS', 'decision_text', 'decided',
-           'parse_heads', 'switch_rates', 'switch_rows', 'first_divergence', 'shortcut_generate', 'liha_generations',
-           'broadcast_attention', 'broadcaster_heads', 'broadcasters', 'matched_attention_contrast', 'summarize',
-           'liha_cli', 'LihaParams', 'language_token_weights', 'language_directions', 'norm_affine', 'norm_scale',
-           'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads', 'head_dla',
-           'CompensationRuns', 'compensation_runs', 'compensation_table', 'compensation', 'control_heads',
-           'compensation_specificity', 'generation_layer_change']
+           'parse_heads', 'switch_rates', 'switch_rows', 'first_divergence', 'shortcut_generate', 'table_hash',
+           'liha_generations', 'broadcast_attention', 'broadcaster_heads', 'broadcasters', 'matched_attention_contrast',
+           'summarize', 'liha_cli', 'LihaParams', 'language_token_weights', 'language_directions', 'norm_affine',
+           'norm_scale', 'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads',
+           'head_dla', 'CompensationRuns', 'teacher_forced_rows', 'read_weights', 'compensation_runs',
+           'compensation_table', 'compensation', 'control_heads', 'compensation_specificity', 'generation_layer_change']
 
 # %% ../nbs/08_liha.ipynb 4
 STOP_MARGIN = 2  # characters beyond `decide_chars` before a row may stop (see the decision rule)
@@ -179,7 +179,7 @@ def shortcut_generate(model, # a LoadedModel
     return texts
 
 # %% ../nbs/08_liha.ipynb 14
-def _table_hash(df: pd.DataFrame) -> int:
+def table_hash(df: pd.DataFrame) -> int:
     "A fingerprint of a table's values (a sweep key's)."
     return int(pd.util.hash_pandas_object(df, index=False).sum())
 
@@ -214,7 +214,7 @@ def liha_generations(model, # a LoadedModel (or spec for `models.load_model`)
     heads = parse_heads(heads, a.n_layers, a.n_heads)
     detect = detect or _detector(languages)
     key = sweep_key(model, languages=languages, n_prompts=len(rows), max_new_tokens=max_new_tokens,
-                    decide_chars=decide_chars, prompts=_table_hash(rows))
+                    decide_chars=decide_chars, prompts=table_hash(rows))
     ckpt = checkpoints(out_dir, key, resume, what='LIHA sweep')
     shard = lambda name, fn: ckpt.piece(name, fn, on_write=on_shard)
     texts = rows['prompt'].tolist()
@@ -589,7 +589,12 @@ class CompensationRuns:
         if head not in self.heads: raise MultilingError(f"head L{head[0]}H{head[1]} was not ablated in these runs")
         return self.heads.index(head)
 
-def _comp_rows(prompts, languages, continuations, column='clean_text'):
+def teacher_forced_rows(prompts: pd.DataFrame, # wide (`id` + one column per language) or long prompt table
+                        languages, # the prompt languages
+                        continuations: pd.DataFrame | None, # prompt_id, lang and `column` (the sweep's generations); None: none
+                        column: str = 'clean_text', # the continuation read
+                       ) -> pd.DataFrame:
+    "One row per (prompt, language): `prompt`, `continuation` and `text` (both), the text a teacher-forced pass reads."
     rows = _prompt_rows(prompts, languages)
     rows['continuation'] = ''
     if continuations is not None:
@@ -601,7 +606,7 @@ def _comp_rows(prompts, languages, continuations, column='clean_text'):
     rows['text'] = rows['prompt'] + rows['continuation']
     return rows
 
-def _position_weights(model, rows, batch, add_bos):
+def read_weights(model, rows, batch, add_bos):
     "[b, p]: 1/n on the positions read (those predicting continuation tokens; the last prompt position without one)."
     import torch
     plen = model.encode(rows['prompt'].tolist(), add_bos=add_bos).attention_mask.sum(1)
@@ -658,7 +663,7 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
     from multiling.interventions import ablate_heads, Intervention
     languages = parse_languages(languages)
     batch_size = check_param('batch_size', batch_size, int, min_value=1)
-    rows = _comp_rows(prompts, languages, continuations)
+    rows = teacher_forced_rows(prompts, languages, continuations)
     model = load_model(model)
     a = model.adapter
     if heads is None: raise MultilingError("give the heads to ablate (e.g. the sweep's top heads as 'L:H,...')")
@@ -666,7 +671,7 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
     directions = _directions_for(model, rows, directions, languages)
     from multiling.shard import checkpoints, sweep_key
     key = sweep_key(model, what='compensation', languages=languages, heads=[list(h) for h in heads], add_bos=add_bos,
-                    batch_size=batch_size, rows=_table_hash(rows[['prompt_id', 'lang', 'text']]),
+                    batch_size=batch_size, rows=table_hash(rows[['prompt_id', 'lang', 'text']]),
                     directions=tensor_hash({l: directions[l] for l in languages}))
     ckpt = checkpoints(out_dir, key, resume, what='compensation')
     names = ['clean'] + [f'L{l}H{h}' for l, h in heads]
@@ -675,7 +680,7 @@ def compensation_runs(model, # a LoadedModel (or spec for `models.load_model`)
         "Long table of one batch: per run (clean or ablated head), row, layer and head, both metrics."
         chunk = rows.iloc[i:i + batch_size]
         batch = model.encode(chunk['text'].tolist(), add_bos=add_bos)
-        pw, first = _position_weights(model, chunk, batch, add_bos)
+        pw, first = read_weights(model, chunk, batch, add_bos)
         w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
         with torch.no_grad():
             dla, ft, scale = _head_metrics(model, batch, pw, first, w, None, Intervention())
@@ -822,7 +827,7 @@ def _layer_dla(model, rows, directions, iv, add_bos, batch_size):
     for i in range(0, len(rows), batch_size):
         chunk = rows.iloc[i:i + batch_size]
         batch = model.encode(chunk['text'].tolist(), add_bos=add_bos)
-        pw, first = _position_weights(model, chunk, batch, add_bos)
+        pw, first = read_weights(model, chunk, batch, add_bos)
         w = readout(model, torch.stack([directions[l].to(model.device) for l in chunk['lang']]))
         # a unit final-norm scale: a layer's number moves only when what it writes moves, not when the norm does
         unit = torch.ones(batch.attention_mask.shape, dtype=torch.float64, device=batch.input_ids.device)
@@ -868,8 +873,8 @@ def generation_layer_change(model, # a LoadedModel (or spec for `models.load_mod
         rows['text'] = rows['prompt'] + rows['continuation']
         texts[(l, h)] = rows
     key = sweep_key(model, what='generation layer change', add_bos=add_bos, batch_size=batch_size,
-                    clean=_table_hash(clean_rows[keys + ['text']]), directions=tensor_hash(directions),
-                    ablated={f'L{l}H{h}': _table_hash(r[keys + ['text']]) for (l, h), r in texts.items()})
+                    clean=table_hash(clean_rows[keys + ['text']]), directions=tensor_hash(directions),
+                    ablated={f'L{l}H{h}': table_hash(r[keys + ['text']]) for (l, h), r in texts.items()})
     ckpt = checkpoints(out_dir, key, resume, what='generation layer change')
     def layer_frame(rows, iv):
         return pd.DataFrame(_layer_dla(model, rows, directions, iv, add_bos, batch_size),

@@ -12,9 +12,9 @@ from .core import MultilingError
 
 # %% auto 0
 __all__ = ['VERDICTS', 'bootstrap_ci', 'wilson_ci', 'with_proportion_ci', 'proportions_long', 'grouped_bootstrap_ci',
-           'grouped_proportion_ci', 'cluster_bootstrap_ci', 'bootstrap_share_ci', 'zscores', 'paired_test', 'spearman',
-           'binomial_test', 'proportion_ci', 'fisher_exact', 'ShareDiff', 'share_diff', 'benjamini_hochberg', 'Verdict',
-           'verdict', 'combine_verdicts']
+           'grouped_proportion_ci', 'cluster_bootstrap_ci', 'cluster_ratio_ci', 'bootstrap_share_ci', 'zscores',
+           'paired_test', 'spearman', 'binomial_test', 'proportion_ci', 'fisher_exact', 'ShareDiff', 'share_diff',
+           'benjamini_hochberg', 'Verdict', 'verdict', 'combine_verdicts']
 
 # %% ../nbs/05_stats.ipynb 4
 def bootstrap_ci(values, # 1-D array of per-unit outcomes (e.g. 0/1 per prompt)
@@ -128,6 +128,17 @@ def cluster_bootstrap_ci(df: pd.DataFrame, by: list[str], # groups (e.g. ['layer
         rows.append({**key, 'n': len(g), 'n_clusters': len(s), value: s.sum() / c.sum(), 'ci_low': float(lo), 'ci_high': float(hi)})
     return pd.DataFrame(rows, columns=[*by, 'n', 'n_clusters', value, 'ci_low', 'ci_high'])
 
+def cluster_ratio_ci(df: pd.DataFrame, num: str, den: str, # the ratio sum(num) / sum(den) over the rows
+                     cluster: str | list[str], # the unit resampled whole (e.g. 'prompt_id')
+                     n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    "A ratio of sums with a percentile bootstrap that resamples whole clusters: (ratio, low, high); NaN where sum(den) is 0."
+    per = df.groupby(cluster)[[num, den]].sum()
+    a, b = per[num].to_numpy(float), per[den].to_numpy(float)
+    w = _resample_weights(len(a), n_boot, seed)
+    with np.errstate(invalid='ignore', divide='ignore'): boots = (w @ a) / (w @ b)
+    lo, hi = _quantiles(boots, level)
+    return (float(a.sum() / b.sum()) if b.sum() else np.nan), float(lo), float(hi)
+
 def bootstrap_share_ci(df: pd.DataFrame, group: str, # the column whose levels split the total (e.g. 'layer')
                        value: str, # summed (e.g. a 0/1 switch)
                        unit: str | list[str], # resampled whole (e.g. the prompt)
@@ -151,13 +162,13 @@ def bootstrap_share_ci(df: pd.DataFrame, group: str, # the column whose levels s
     return pd.DataFrame(rows, columns=[*(by or []), group, 'n_units', value, 'total', 'share', 'ci_low', 'ci_high'])
 
 
-# %% ../nbs/05_stats.ipynb 12
+# %% ../nbs/05_stats.ipynb 13
 def zscores(values) -> np.ndarray:
     "z-score of each value against all of them (population std; zeros where the std is 0)."
     v = np.asarray(values, dtype=float); sd = v.std()
     return np.zeros_like(v) if sd == 0 else (v - v.mean()) / sd
 
-# %% ../nbs/05_stats.ipynb 14
+# %% ../nbs/05_stats.ipynb 15
 def paired_test(before, after, # paired samples (same units, same order)
                 method: str = 'wilcoxon', # 'wilcoxon', 'ttest' or 'permutation' (sign flips)
                 n_perm: int = 10000, seed: int = 0) -> dict:
@@ -177,7 +188,7 @@ def paired_test(before, after, # paired samples (same units, same order)
     else: raise MultilingError(f"unknown paired test {method!r}; use wilcoxon, ttest or permutation")
     return {'mean_diff': float(d.mean()), 'stat': float(stat), 'p': float(p), 'n': len(d), 'method': method}
 
-# %% ../nbs/05_stats.ipynb 16
+# %% ../nbs/05_stats.ipynb 17
 def spearman(x, y) -> dict:
     "Spearman rank correlation with its two-sided p-value."
     r = _st.spearmanr(x, y)
@@ -197,7 +208,7 @@ def fisher_exact(a: int, b: int, c: int, d: int) -> dict:
     r = _st.fisher_exact([[a, b], [c, d]])
     return {'odds_ratio': float(r.statistic), 'p': float(r.pvalue)}
 
-# %% ../nbs/05_stats.ipynb 19
+# %% ../nbs/05_stats.ipynb 20
 class ShareDiff(NamedTuple):
     "A difference of two shares with its interval and test (unpacks as `d, low, high, p = share_diff(...)`)."
     diff: float     # k1 / n1 - k2 / n2
@@ -216,7 +227,7 @@ def share_diff(k1: int, n1: int, # successes and trials of the first sample
     low, high = d - np.hypot(p1 - l1, u2 - p2), d + np.hypot(u1 - p1, p2 - l2)
     return ShareDiff(float(d), float(low), float(high), fisher_exact(int(k1), int(n1 - k1), int(k2), int(n2 - k2))['p'])
 
-# %% ../nbs/05_stats.ipynb 21
+# %% ../nbs/05_stats.ipynb 22
 def benjamini_hochberg(pvalues) -> np.ndarray:
     "Benjamini-Hochberg adjusted p-values (false discovery rate), in the input order."
     p = np.asarray(pvalues, float); n = len(p)
@@ -226,7 +237,7 @@ def benjamini_hochberg(pvalues) -> np.ndarray:
     out = np.empty(n); out[order] = adj
     return out
 
-# %% ../nbs/05_stats.ipynb 24
+# %% ../nbs/05_stats.ipynb 25
 VERDICTS = ('consistent', 'inconsistent', 'inconclusive', 'not testable')
 
 class Verdict(NamedTuple):
