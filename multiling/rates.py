@@ -36,10 +36,6 @@ def outcome_rates(rows: pd.DataFrame, # from `outcome_rows`
     A group without such a pair has `n_pairs` 0 and no rate (NaN): a model that never stays in language has none."""
     kept = rows[rows.clean_outcome == 'in_language']
     groups = rows[by].drop_duplicates().sort_values(by).reset_index(drop=True)
-    cols = [*by, 'n_pairs', 'n_prompts'] + [c for o in OUTCOMES for c in (o, f'{o}_low', f'{o}_high')]
-    if kept.empty:   # nothing in language: every group is there, with no pair and no rate
-        out = groups.assign(**{c: (0 if c.startswith('n_') else np.nan) for c in cols if c not in by})[cols]
-        return out.assign(raw_switch_rate=np.nan) if 'raw_switch' in rows.columns else out
     tables = []
     for o in OUTCOMES:
         t = stats.cluster_bootstrap_ci(kept.assign(**{o: (kept.outcome == o).astype(int)}), by, o, 'prompt_id',
@@ -47,8 +43,10 @@ def outcome_rates(rows: pd.DataFrame, # from `outcome_rows`
         tables.append(t.rename(columns={'ci_low': f'{o}_low', 'ci_high': f'{o}_high'}).set_index(by))
     out = pd.concat([tables[0]] + [t.drop(columns=['n', 'n_clusters']) for t in tables[1:]], axis=1).reset_index()
     out = out.rename(columns={'n': 'n_pairs', 'n_clusters': 'n_prompts'})
-    out = groups.merge(out, on=by, how='left').fillna({'n_pairs': 0, 'n_prompts': 0})   # a group with no pair: NaN rates
-    out[['n_pairs', 'n_prompts']] = out[['n_pairs', 'n_prompts']].astype(int)
+    # every group, those without an in-language pair (all of them, for a model that never stays in language) with NaN
+    out = groups.merge(out, on=by, how='left').fillna({'n_pairs': 0, 'n_prompts': 0})
+    rates = [c for o in OUTCOMES for c in (o, f'{o}_low', f'{o}_high')]
+    out = out.astype({'n_pairs': int, 'n_prompts': int} | {c: float for c in rates})
     if 'raw_switch' in kept.columns:
         out = out.merge(kept.groupby(by).raw_switch.mean().rename('raw_switch_rate').reset_index(), on=by, how='left')
     return out
