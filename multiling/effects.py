@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from .core import MultilingError, parse_languages, tensor_hash
 from . import stats
-from .liha import (teacher_forced_rows, read_weights, table_hash, attn_norm_scale, final_norm_scale, head_dla,
-                            parse_heads, readout)
+from .liha import (attn_norm_scale, final_norm_scale, head_dla, parse_heads, read_weights, readout, table_hash,
+                            teacher_forced_rows, token_counts)
 
 # %% auto 0
 __all__ = ['ABLATIONS', 'EFFECT_PARTS', 'ablation_effects', 'effect_summary', 'compensation_contrast', 'language_tokens',
@@ -36,15 +36,19 @@ def _run(model, batch, iv):
                 final_scale=final_norm_scale(model, r['resid'][-1]),
                 attn_scale=attn_norm_scale(model, r['attn_out']) if post else None)
 
+def _read(x, w, scale):
+    "A residual-space vector's DLA at every position: x . w / scale."
+    import torch
+    return torch.einsum('bpd,bd->bp', x.double(), w) / scale
+
 def _decompose(model, clean, ablated, head, w, pw):
-    "Per row: the parts of an ablation's effect on the read-out (`EFFECT_PARTS`), averaged over the read positions."
+    """Per row: the parts of an ablation's effect on the read-out (`EFFECT_PARTS`), averaged over the read positions.
+    `clean` carries the clean run's `score` and head `dla` on this read-out (computed once per batch)."""
     import torch
     l, h = head
-    s_clean, s_abl = clean['final_scale'], ablated['final_scale']
-    def read(x, scale): return torch.einsum('bpd,bd->bp', x.double(), w) / scale   # a residual-space vector's DLA
-    total = read(ablated['resid'][-1], s_abl) - read(clean['resid'][-1], s_clean)
+    s_clean, dla_clean = clean['final_scale'], clean['dla']
+    total = _read(ablated['resid'][-1], w, ablated['final_scale']) - clean['score']
     # frozen: only the ablated head's own write changes; every norm scale and everything downstream held at clean
-    dla_clean = head_dla(model, clean['heads'], w, s_clean, clean['attn_scale'])            # [L, b, p, H]
     swapped = clean['heads'].clone()
     swapped[l, :, :, h] = ablated['heads'][l, :, :, h]
     frozen = head_dla(model, swapped, w, s_clean, clean['attn_scale'])[l, :, :, h] - dla_clean[l, :, :, h]
@@ -54,7 +58,7 @@ def _decompose(model, clean, ablated, head, w, pw):
     heads = d_heads.sum((0, -1)) - d_heads[l, :, :, h]
     block = ablated['resid'].double() - clean['resid'].double()
     block = block - torch.cat([torch.zeros_like(block[:1]), block[:-1]])                  # each block's own write
-    mlps = read((block - (ablated['attn'] - clean['attn'])).sum(0), s_clean)
+    mlps = _read((block - (ablated['attn'] - clean['attn'])).sum(0), w, s_clean)
     comp = total - frozen
     norms = comp - heads - mlps   # the norms' rescaling (final and, for Gemma, the ablated layer's output norm)
     parts = dict(total=total, frozen=frozen, compensation=comp, heads=heads, mlps=mlps, norms=norms)
@@ -105,6 +109,8 @@ def ablation_effects(model, # a LoadedModel (or spec for `models.load_model`)
         out = []
         with torch.no_grad():
             clean = _run(model, batch, Intervention())
+            clean |= dict(score=_read(clean['resid'][-1], w, clean['final_scale']),
+                          dla=head_dla(model, clean['heads'], w, clean['final_scale'], clean['attn_scale']))   # [L, b, p, H]
             for kind in ablations:
                 for l, h in heads:
                     iv = ablate_heads((l, h), values='zero' if kind == 'zero' else means)
@@ -172,15 +178,11 @@ def language_tokens(model, # a LoadedModel
     "Token ids that are `language`'s: more than half of their frequency over the languages of `texts` is `language`'s."
     if language not in texts: raise MultilingError(f"no texts of {language!r} among {sorted(texts)}")
     if len(texts) < 2: raise MultilingError('language tokens need texts of at least two languages')
-    counts = {}
-    for lang, ts in texts.items():
-        ids = [i for t in ts if isinstance(t, str) for i in model.tokenizer(t, add_special_tokens=False).input_ids]
-        if not ids: raise MultilingError(f"no tokens for language {lang!r}: give at least one non-empty text")
-        counts[lang] = pd.Series(ids).value_counts()
-    c = pd.DataFrame(counts).fillna(0)
-    freq = c / c.sum()
-    own = (freq[language] > freq.drop(columns=language).sum(axis=1)) & (c[language] >= min_count)
-    return sorted(int(i) for i in c.index[own])
+    counts = token_counts(model, texts)
+    freq = {l: c / c.sum() for l, c in counts.items()}
+    others = sum(f for l, f in freq.items() if l != language)
+    own = (freq[language] > others) & (counts[language] >= min_count)
+    return own.nonzero().flatten().tolist()
 
 def next_token_mass(model, # a LoadedModel
                     texts: list[str], # prefixes

@@ -17,9 +17,9 @@ from .params import NotebookParams, common, model_param, param
 __all__ = ['STOP_MARGIN', 'METHODS', 'STOP_EVERY', 'BROADCAST_TARGETS', 'COMPENSATION_METRICS', 'decision_text', 'decided',
            'parse_heads', 'switch_rates', 'switch_rows', 'first_divergence', 'shortcut_generate', 'table_hash',
            'liha_generations', 'broadcast_attention', 'broadcaster_heads', 'broadcasters', 'matched_attention_contrast',
-           'summarize', 'liha_cli', 'LihaParams', 'language_token_weights', 'language_directions', 'norm_affine',
-           'norm_scale', 'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout', 'o_proj_heads',
-           'head_dla', 'CompensationRuns', 'teacher_forced_rows', 'read_weights', 'compensation_runs',
+           'summarize', 'liha_cli', 'LihaParams', 'token_counts', 'language_token_weights', 'language_directions',
+           'norm_affine', 'norm_scale', 'final_norm_linear', 'final_norm_scale', 'attn_norm_scale', 'readout',
+           'o_proj_heads', 'head_dla', 'CompensationRuns', 'teacher_forced_rows', 'read_weights', 'compensation_runs',
            'compensation_table', 'compensation', 'control_heads', 'compensation_specificity', 'generation_layer_change']
 
 # %% ../nbs/08_liha.ipynb 4
@@ -345,8 +345,8 @@ def matched_attention_contrast(per_row: pd.DataFrame, # from `broadcast_attentio
                                target: str = 'first_token', # 'first_token' or 'bos'
                                n_boot: int = 2000, n_perm: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
     """Do `heads` attend more to `target` than the other heads of their layers? Per row, their mean attention minus
-    the mean of the same layers' other heads, with a bootstrap over prompt ids (the unit of the claim); and a
-    layer-matched permutation p (each tested head swapped for a random other head of its layer)."""
+    the mean of the same layers' other heads, with a bootstrap over prompt ids (the unit of the claim); and the exact
+    layer-matched permutation p (`_layer_matched_null`: the label moved to any head of the same layer)."""
     heads = [(int(l), int(h)) for l, h in heads]
     if not heads: raise MultilingError('no heads to test')
     d = per_row[per_row.target == target]
@@ -455,6 +455,20 @@ def _unembed_weight(model):
     "The unembedding as [vocab, d_model]."
     return model.adapter.get(model.hf, model.adapter.unembed).weight
 
+def token_counts(model, # a LoadedModel
+                 texts: dict, # {language: [texts in that language]}
+                ) -> dict:
+    "Per language, how often each vocabulary token occurs in its texts (float64, over the unembedding's vocabulary)."
+    import torch
+    vocab = _unembed_weight(model).shape[0]
+    counts = {}
+    for lang, ts in texts.items():
+        ids = [i for t in ts if isinstance(t, str) for i in model.tokenizer(t, add_special_tokens=False).input_ids]
+        if not ids:
+            raise MultilingError(f"no tokens for language {lang!r}: give at least one non-empty text per language")
+        counts[lang] = torch.bincount(torch.tensor(ids), minlength=vocab).double()
+    return counts
+
 def language_token_weights(model, # a LoadedModel
                            texts: dict, # {language: [texts in that language]}, at least two languages
                           ) -> dict:
@@ -462,14 +476,7 @@ def language_token_weights(model, # a LoadedModel
     import torch
     if not isinstance(texts, dict) or len(texts) < 2:
         raise MultilingError("language directions need texts of at least two languages: give {language: [texts], ...}")
-    vocab = _unembed_weight(model).shape[0]
-    freq = {}
-    for lang, ts in texts.items():
-        ids = [i for t in ts if isinstance(t, str) for i in model.tokenizer(t, add_special_tokens=False).input_ids]
-        if not ids:
-            raise MultilingError(f"no tokens for language {lang!r}: give at least one non-empty text per language")
-        f = torch.bincount(torch.tensor(ids), minlength=vocab).double()
-        freq[lang] = f / f.sum()
+    freq = {l: f / f.sum() for l, f in token_counts(model, texts).items()}
     return {l: f - torch.stack([g for k, g in freq.items() if k != l]).mean(0) for l, f in freq.items()}
 
 def language_directions(model, # a LoadedModel
