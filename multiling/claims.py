@@ -111,9 +111,9 @@ def rate(k, n) -> str: return f"{k / n:.3f} ({int(k)}/{int(n)})"
 # %% ../nbs/15_claims.ipynb 6
 FEW_HEADS = 0.10   # "a few heads": at most this share of the heads above the floor, fixed before any sweep was read
 
-def _survivors(ctx: ClaimContext) -> pd.DataFrame:
-    "The heads whose real switch rate exceeds the instrument's floor (notebook 20), highest rate first."
-    rates = ctx.table('liha_outcome_rates', ctx.model, ['layer', 'head', 'switched', 'above_floor'])
+def _survivors(rates: pd.DataFrame, # liha_outcome_rates (notebook 20)
+              ) -> pd.DataFrame:
+    "The heads whose real switch rate exceeds the instrument's floor, highest rate first."
     up = rates[rates.above_floor.astype(str).str.lower().isin(['true', '1'])]
     return up.sort_values(['switched', 'layer', 'head'], ascending=[False, True, True])
 
@@ -123,7 +123,7 @@ def liha_top_head(ctx: ClaimContext) -> dict:
                        'raw_switch_rate', 'floor', 'above_floor'])
     if rates.n_pairs.max() == 0:
         return {'verdict': 'not testable', 'reason': 'no clean continuation was in the prompt language: no switch to count'}
-    up = _survivors(ctx)
+    up = _survivors(rates)
     t = rates.sort_values(['switched', 'layer', 'head'], ascending=[False, True, True]).iloc[0]
     floor, n_heads = float(t.floor), len(rates)
     reason = (f"top head L{t.layer}H{t['head']}: real switch rate {t.switched:.3f} over {int(t.n_pairs)} in-language "
@@ -162,7 +162,7 @@ def compensation(ctx: ClaimContext) -> dict:
     c = ctx.table('liha_compensation_contrast', ctx.model,
                   ['head', 'controls', 'part', 'ablation', 'opposing', 'opposing_controls', 'diff', 'ci_low', 'ci_high',
                    'undone_share', 'n_rows'])
-    up = _survivors(ctx)
+    up = _survivors(ctx.table('liha_outcome_rates', ctx.model, ['layer', 'head', 'switched', 'above_floor']))
     if up.empty:
         return {'verdict': 'not testable', 'reason': "no head's real switch rate exceeds the instrument's floor: no top "
                 "head to ablate"}
